@@ -1,0 +1,42 @@
+# make run   : set up (venv, data, migrations, demo catalog) and start web + worker + vector store
+# make test  : the same set-up, then the whole test suite
+# make bench : benchmarks (ingest, search, similar products) -> docs/benchmarks.md
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export YOLO_OFFLINE := 1
+export HF_HUB_OFFLINE := 1
+export DJANGO_SETTINGS_MODULE := webapp.settings
+
+.PHONY: run test bench setup venv data migrate lint clean
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+data:
+	@bash scripts/fetch_fashion_mnist.sh
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+setup: venv data migrate
+
+run: setup
+	@bash scripts/run.sh
+
+test: setup
+	@bash scripts/test.sh
+
+bench: setup
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf var

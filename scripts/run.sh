@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Starts the embedded stack: Milvus Lite server (unless MILVUS_URI is set), a Celery worker process,
+# the demo catalog (only what is missing), and gunicorn. Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+VAR_DIR=${VAR_DIR:-var}
+mkdir -p "$VAR_DIR/log"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+if [ -z "${MILVUS_URI:-}" ]; then
+  MILVUS_PORT=${MILVUS_PORT:-19530}
+  export MILVUS_URI="http://127.0.0.1:$MILVUS_PORT"
+  .venv/bin/milvus-lite server --data-dir "$VAR_DIR/milvus" --host 127.0.0.1 --port "$MILVUS_PORT" \
+    >"$VAR_DIR/log/milvus.log" 2>&1 &
+  pids+=($!)
+  $PY scripts/wait_for_port.py 127.0.0.1 "$MILVUS_PORT" 60 || { tail -20 "$VAR_DIR/log/milvus.log"; exit 1; }
+  echo "vector store: Milvus Lite server on $MILVUS_URI (data in $VAR_DIR/milvus)"
+fi
+
+.venv/bin/celery -A workers.celery_app worker -Q ingest,default --concurrency "${CELERY_CONCURRENCY:-1}" \
+  --prefetch-multiplier 1 -O fair --loglevel INFO >"$VAR_DIR/log/worker.log" 2>&1 &
+pids+=($!)
+echo "worker: Celery (broker ${CELERY_BROKER_URL:-filesystem://}), log in $VAR_DIR/log/worker.log"
+
+$PY manage.py ensure_admin
+$PY manage.py load_demo_catalog --requeue-pending
+
+echo
+echo "  Open http://$HOST:$PORT/   (admin: http://$HOST:$PORT/admin/, API docs: http://$HOST:$PORT/api/docs/)"
+echo
+.venv/bin/gunicorn webapp.wsgi:application --bind "$HOST:$PORT" --workers "${WEB_CONCURRENCY:-2}" \
+  --threads "${WEB_THREADS:-4}" --timeout 120 --access-logfile "$VAR_DIR/log/access.log" &
+pids+=($!)
+wait "${pids[-1]}"

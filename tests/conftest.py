@@ -1,0 +1,204 @@
+"""Shared fixtures: a real Milvus Lite server over gRPC, real Celery worker processes, images."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def require_service(reason: str):
+    """Skip with the reason printed; when REQUIRE_REAL_SERVICES=1 (CI) a missing service fails instead."""
+    if os.environ.get("REQUIRE_REAL_SERVICES") == "1":
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before opening port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open in {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory):
+    """A Milvus Lite server process on 127.0.0.1, reached over gRPC by the tests and the workers."""
+    if os.environ.get("TEST_MILVUS_URI"):
+        yield os.environ["TEST_MILVUS_URI"]
+        return
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("milvus")
+    log = open(data_dir / "server.log", "w")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", str(data_dir / "data"), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process=process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_names():
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return {"prefix": prefix, "alias": f"{prefix}_active"}
+
+
+@pytest.fixture
+def vector_store(settings, milvus_uri, milvus_names):
+    """The product's vector store on the test server, emptied before each test."""
+    from webapp.search.runtime import get_vector_store
+
+    settings.MILVUS_URI = milvus_uri
+    settings.MILVUS_COLLECTION_PREFIX = milvus_names["prefix"]
+    settings.MILVUS_ALIAS = milvus_names["alias"]
+    store = get_vector_store()
+    client = store.client
+    if store.active_collection() is not None:
+        client.drop_alias(store.alias)
+    for name in client.list_collections():
+        if name.startswith(store.prefix + "_"):
+            client.drop_collection(name)
+    return store
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    return f"postgres://{auth}@{params['HOST'] or '127.0.0.1'}:{params['PORT'] or 5432}/{params['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen, log_path: Path, broker_url: str, env: dict):
+        self.process, self.log_path, self.broker_url, self.env = process, log_path, broker_url, env
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url: str, extra_env=None) -> WorkerProcess:
+    from django.conf import settings
+
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=_database_url(),
+        MILVUS_URI=milvus_uri,
+        MILVUS_COLLECTION_PREFIX=milvus_names["prefix"],
+        MILVUS_ALIAS=milvus_names["alias"],
+        CELERY_BROKER_URL=broker_url,
+        TORCH_NUM_THREADS="2",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        **(extra_env or {}),
+    )
+    log_path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "ingest,default", "--concurrency", "1",
+         "--prefetch-multiplier", "1", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip",
+         "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(process, log_path, broker_url, env)
+    deadline = time.monotonic() + 60
+    while "ready." not in worker.log():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"worker did not start:\n{worker.log()[-3000:]}")
+        time.sleep(0.2)
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+
+
+@pytest.fixture
+def celery_worker(tmp_path, milvus_uri, milvus_names, vector_store, transactional_db):
+    """A real Celery worker process on the configured broker (filesystem by default, Redis in CI)."""
+    from django.conf import settings
+
+    worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL)
+    yield worker
+    stop_worker(worker)
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def image_bytes(fmt: str = "PNG", size=(64, 48), color=(200, 30, 30), **save_args) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def fashion_items():
+    """A few real Fashion-MNIST test items as PNG bytes with labels."""
+    from ml.data.fashion_mnist import load_fashion_mnist
+    from webapp.catalog.demo import item_png
+
+    images, labels = load_fashion_mnist("test")
+    return [(item_png(images[i]), int(labels[i])) for i in range(60)]
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_broker_dir():
+    from django.conf import settings
+
+    broker_dir = Path(settings.BROKER_DIR)
+    if settings.CELERY_BROKER_URL.startswith("filesystem"):
+        for folder in ("queue", "processed"):
+            shutil.rmtree(broker_dir / folder, ignore_errors=True)
+            (broker_dir / folder).mkdir(parents=True, exist_ok=True)
+    yield

@@ -1,0 +1,93 @@
+"""Catalog writes. Views, admin actions, commands and tasks call these, never the ORM directly."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils.text import slugify
+
+from webapp.catalog.images import validate_image_bytes
+from webapp.catalog.models import Category, Product, ProductImage
+
+
+def category_get_or_create(*, name: str) -> Category:
+    name = name.strip()
+    if not name:
+        raise ValueError("category name is empty")
+    category, _ = Category.objects.get_or_create(name=name, defaults={"slug": _unique_slug(name)})
+    return category
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name) or "category"
+    slug, n = base, 2
+    while Category.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def product_upsert(
+    *,
+    sku: str,
+    title: str,
+    price: Decimal,
+    category: Category,
+    brand: str = "",
+    currency: str = "USD",
+    attributes: dict | None = None,
+    in_stock: bool = True,
+) -> tuple[Product, bool]:
+    product, created = Product.objects.update_or_create(
+        sku=sku,
+        defaults={
+            "title": title,
+            "brand": brand,
+            "price": price,
+            "currency": currency.upper(),
+            "category": category,
+            "attributes": attributes or {},
+            "in_stock": in_stock,
+        },
+    )
+    return product, created
+
+
+def product_image_create(*, product: Product, content: bytes, source_url: str = "", position: int = 0) -> ProductImage:
+    """Validate the bytes, store them, and queue ingestion once the transaction commits.
+
+    An image whose bytes are already on the product is returned as it is (re-imports stay idempotent).
+    Raises InvalidImage before anything is written.
+    """
+    validated = validate_image_bytes(content)
+    existing = product.images.filter(checksum=validated.checksum).first()
+    if existing is not None:
+        return existing
+    with transaction.atomic():
+        image = ProductImage(
+            product=product,
+            source_url=source_url,
+            position=position,
+            checksum=validated.checksum,
+            width=validated.width,
+            height=validated.height,
+        )
+        image.image.save(f"{validated.checksum[:16]}.{validated.extension}", ContentFile(content), save=False)
+        image.save()
+        transaction.on_commit(lambda: _queue_ingest([image.pk]))
+    return image
+
+
+def product_images_queue_ingest(*, image_ids: list[int], batch_size: int = 32) -> int:
+    """Queue (re-)ingestion of existing images in batches; returns the number of tasks queued."""
+    batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
+    for batch in batches:
+        _queue_ingest(batch)
+    return len(batches)
+
+
+def _queue_ingest(image_ids: list[int]) -> None:
+    from workers.tasks import ingest_image_batch
+
+    ingest_image_batch.delay(image_ids)

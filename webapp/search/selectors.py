@@ -1,0 +1,60 @@
+"""Reads: visually similar products and search by photo, ranked, filtered, joined to the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.core.cache import cache
+
+from webapp.catalog.images import open_normalised, validate_image_bytes
+from webapp.catalog.models import Product
+from webapp.search.runtime import get_embedder, get_vector_store
+from webapp.search.vector_store import Hit, SearchFilters, best_per_product
+
+MAX_K = 100
+
+
+@dataclass(frozen=True)
+class RankedProduct:
+    product: Product
+    score: float
+
+
+def _ranked(hits, limit: int) -> list[RankedProduct]:
+    """Join hits to live catalog rows, dropping any product deleted since it was indexed."""
+    products = Product.objects.select_related("category").prefetch_related("images").in_bulk([h.product_id for h in hits])
+    ranked = [RankedProduct(products[h.product_id], h.score) for h in hits if h.product_id in products]
+    return ranked[:limit]
+
+
+def _overfetch(k: int) -> int:
+    # Several images can belong to one product; fetch more hits than products wanted.
+    return min(max(4 * k, k + 20), 16384)
+
+
+def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
+    k = max(1, min(int(k), MAX_K))
+    store = get_vector_store()
+    filters = SearchFilters(filters.category_id, filters.max_price, filters.in_stock, exclude_product_id=product.pk)
+    cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filters.expression()}"
+    cached = cache.get(cache_key)
+    if cached is None:
+        rows = store.rows_for_product(product.pk)
+        if not rows:
+            return []
+        vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
+        hits = best_per_product(store.search(vectors, _overfetch(k), filters), k)
+        cached = [(h.product_id, h.score) for h in hits]
+        cache.set(cache_key, cached, settings.SIMILAR_PRODUCTS_CACHE_SECONDS)
+    return _ranked([Hit(image_id=0, product_id=pid, score=score) for pid, score in cached], k)
+
+
+def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
+    """Search the catalog with a shopper's photo. Raises InvalidImage for bad bytes."""
+    k = max(1, min(int(k), MAX_K))
+    validate_image_bytes(content)
+    vector = get_embedder().embed_one(open_normalised(content))
+    hits = best_per_product(get_vector_store().search(vector, _overfetch(k), filters), k)
+    return _ranked(hits, k)

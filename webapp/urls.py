@@ -1,0 +1,13 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.static import serve
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include("webapp.api.urls")),
+    path("search/", include("webapp.search.urls")),
+    path("", include("webapp.catalog.urls")),
+    # Uploaded and thumbnail images; production puts a CDN or the web server in front.
+    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
+]

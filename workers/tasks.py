@@ -1,0 +1,51 @@
+"""Thin Celery tasks: load by id, call a service, retry transient failures with backoff."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import OperationalError
+
+from webapp.search import services
+from webapp.search.vector_store import VectorStoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (VectorStoreUnavailable, OperationalError, ConnectionError, TimeoutError)
+MAX_RETRIES = 5
+
+
+def _backoff_seconds(retries: int) -> int:
+    return min(2 ** (retries + 1), 60)
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def ingest_image_batch(self, image_ids: list[int]) -> dict:
+    try:
+        report = services.images_ingest(image_ids=image_ids)
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            services.images_mark_failed(
+                image_ids=image_ids, reason=f"gave up after {self.request.retries + 1} attempts: {exc}"
+            )
+            raise
+        logger.warning("ingest of %s failed (%s); retry %s", image_ids, exc, self.request.retries + 1)
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+    return {"ready": report.ready, "failed": report.failed, "missing": report.missing}
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def remove_image_vectors(self, image_ids: list[int]) -> None:
+    try:
+        services.image_vectors_remove(image_ids=image_ids)
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def sync_product_vectors(self, product_id: int) -> int:
+    try:
+        return services.product_vectors_sync(product_id=product_id)
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
