@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -144,9 +145,9 @@ def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url
 
 
 def stop_worker(worker: WorkerProcess) -> None:
-    worker.process.terminate()
+    worker.process.send_signal(signal.SIGQUIT)  # cold shutdown: tests do not wait for a warm drain
     try:
-        worker.process.wait(timeout=30)
+        worker.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         worker.process.kill()
 

@@ -141,6 +141,7 @@ EMBEDDER_BATCH_SIZE = env_int("EMBEDDER_BATCH_SIZE", 32)
 MILVUS_URI = os.environ.get("MILVUS_URI") or "http://127.0.0.1:19530"
 MILVUS_TOKEN = os.environ.get("MILVUS_TOKEN", "")
 MILVUS_ALIAS = os.environ.get("MILVUS_ALIAS", "products_active")
+MILVUS_CONNECT_TIMEOUT = float(os.environ.get("MILVUS_CONNECT_TIMEOUT", "5"))
 MILVUS_COLLECTION_PREFIX = os.environ.get("MILVUS_COLLECTION_PREFIX", "products")
 # AUTOINDEX suits Milvus Lite and CPU servers; GPU servers take GPU_CAGRA or GPU_IVF_PQ.
 MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE", "AUTOINDEX")

@@ -1,2 +1,15 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from webapp.api import views
+
 app_name = "api"
-urlpatterns = []
+urlpatterns = [
+    path("products/", views.ProductListCreateApi.as_view(), name="product-list"),
+    path("products/<int:product_id>/", views.ProductDetailApi.as_view(), name="product-detail"),
+    path("products/<int:product_id>/images/", views.ProductImageCreateApi.as_view(), name="product-images"),
+    path("products/<int:product_id>/similar/", views.ProductSimilarApi.as_view(), name="product-similar"),
+    path("search/", views.SearchByImageApi.as_view(), name="search"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", views.api_docs, name="docs"),
+]

@@ -48,7 +48,7 @@ def demo_items(size: int) -> list[DemoItem]:
 def item_png(pixels: np.ndarray) -> bytes:
     # Fashion-MNIST draws a light item on black; shop photos show a dark item on white.
     buffer = io.BytesIO()
-    Image.fromarray(255 - pixels, mode="L").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(255 - pixels).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 

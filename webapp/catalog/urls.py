@@ -1,2 +1,9 @@
+from django.urls import path
+
+from webapp.catalog import views
+
 app_name = "catalog"
-urlpatterns = []
+urlpatterns = [
+    path("", views.product_list, name="product-list"),
+    path("products/<int:pk>/", views.product_detail, name="product-detail"),
+]

@@ -32,8 +32,9 @@ def get_embedder():
 
 
 @functools.cache
-def _store(uri: str, token: str, alias: str, prefix: str, index_type: str) -> MilvusVectorStore:
-    return MilvusVectorStore(uri=uri, token=token, alias=alias, prefix=prefix, index_type=index_type)
+def _store(uri: str, token: str, alias: str, prefix: str, index_type: str, connect_timeout: float) -> MilvusVectorStore:
+    return MilvusVectorStore(uri=uri, token=token, alias=alias, prefix=prefix, index_type=index_type,
+                             connect_timeout=connect_timeout)
 
 
 def get_vector_store() -> MilvusVectorStore:
@@ -43,4 +44,5 @@ def get_vector_store() -> MilvusVectorStore:
         settings.MILVUS_ALIAS,
         settings.MILVUS_COLLECTION_PREFIX,
         settings.MILVUS_INDEX_TYPE,
+        settings.MILVUS_CONNECT_TIMEOUT,
     )

@@ -1,2 +1,8 @@
+from django.urls import path
+
+from webapp.search import views
+
 app_name = "search"
-urlpatterns = []
+urlpatterns = [
+    path("", views.visual_search, name="visual-search"),
+]

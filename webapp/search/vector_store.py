@@ -54,12 +54,13 @@ def collection_name_for(prefix: str, model_version: str) -> str:
 
 class MilvusVectorStore:
     def __init__(self, uri: str, token: str = "", alias: str = "products_active", prefix: str = "products",
-                 index_type: str = "AUTOINDEX"):
+                 index_type: str = "AUTOINDEX", connect_timeout: float = 5.0):
         self.uri = uri
         self.token = token
         self.alias = alias
         self.prefix = prefix
         self.index_type = index_type
+        self.connect_timeout = connect_timeout
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
 
@@ -68,7 +69,7 @@ class MilvusVectorStore:
         with self._client_lock:
             if self._client is None:
                 try:
-                    self._client = MilvusClient(uri=self.uri, token=self.token, timeout=10)
+                    self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.connect_timeout)
                 except MilvusException as exc:
                     raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable: {exc}") from exc
             return self._client
@@ -77,6 +78,15 @@ class MilvusVectorStore:
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except MilvusException as exc:
+            raise VectorStoreUnavailable(f"Milvus {method} failed: {exc}") from exc
+
+    def _read(self, method: str, *args, empty, **kwargs):
+        """A read on the alias; before the first vector is ingested there is no collection: empty result."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except MilvusException as exc:
+            if "does not exist" in str(exc) and self.active_collection() is None:
+                return empty
             raise VectorStoreUnavailable(f"Milvus {method} failed: {exc}") from exc
 
     # Collections and the alias ---------------------------------------------------------------
@@ -151,17 +161,18 @@ class MilvusVectorStore:
 
     def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]:
         fields = ["image_id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
-        return self._call("query", self.alias, filter=f"product_id == {int(product_id)}", output_fields=fields)
+        return self._read("query", self.alias, filter=f"product_id == {int(product_id)}", output_fields=fields, empty=[])
 
     def count(self, collection: str | None = None) -> int:
-        result = self._call("query", collection or self.alias, filter="", output_fields=["count(*)"])
+        result = self._read("query", collection or self.alias, filter="", output_fields=["count(*)"],
+                            empty=[{"count(*)": 0}])
         return int(result[0]["count(*)"])
 
     def search(self, vectors: np.ndarray, limit: int, filters: SearchFilters = SearchFilters()) -> list[list[Hit]]:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
-        results = self._call(
+        results = self._read(
             "search",
             self.alias,
             data=vectors.tolist(),
@@ -169,9 +180,10 @@ class MilvusVectorStore:
             filter=filters.expression(),
             output_fields=["product_id"],
             search_params={"metric_type": "COSINE", **self._search_options()},
+            empty=[[] for _ in vectors],
         )
         return [
-            [Hit(image_id=int(h["id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"])) for h in hits]
+            [Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"])) for h in hits]
             for hits in results
         ]
 

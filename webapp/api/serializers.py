@@ -1,0 +1,210 @@
+"""Input and output serializers of the public API.
+
+Input serializers only parse and validate; the views hand the validated data to selectors and
+services. Output serializers only shape rows for the wire (absolute URLs need the request in the
+serializer context).
+"""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
+from rest_framework import serializers
+
+from webapp.catalog.models import Category, Product, ProductImage
+from webapp.search.selectors import MAX_K
+from webapp.search.vector_store import SearchFilters
+
+
+def _absolute(context: dict, url: str) -> str:
+    request = context.get("request")
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+def _file_url(context: dict, field) -> str | None:
+    return _absolute(context, field.url) if field else None
+
+
+# Output ----------------------------------------------------------------------------------------
+
+
+@extend_schema_serializer(component_name="Category")
+class CategoryOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    slug = serializers.SlugField(read_only=True)
+
+
+@extend_schema_serializer(component_name="ProductImage")
+class ProductImageOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField(help_text="Absolute URL of the original image.")
+    thumbnail_url = serializers.SerializerMethodField(help_text="Absolute URL of the thumbnail; null until ingested.")
+    status = serializers.ChoiceField(choices=ProductImage.Status.choices, read_only=True)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, image: ProductImage) -> str:
+        return _file_url(self.context, image.image)
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_thumbnail_url(self, image: ProductImage) -> str | None:
+        return _file_url(self.context, image.thumbnail)
+
+
+@extend_schema_serializer(component_name="Product")
+class ProductOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    sku = serializers.CharField(read_only=True)
+    title = serializers.CharField(read_only=True)
+    brand = serializers.CharField(read_only=True)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, read_only=True)
+    currency = serializers.CharField(read_only=True)
+    category = CategoryOutputSerializer(read_only=True)
+    attributes = serializers.DictField(read_only=True)
+    in_stock = serializers.BooleanField(read_only=True)
+    url = serializers.SerializerMethodField(help_text="Absolute URL of the product page.")
+    image = serializers.SerializerMethodField(
+        help_text="Absolute URL of the primary image's thumbnail (the original until ingested); null without images."
+    )
+    images = ProductImageOutputSerializer(many=True, read_only=True)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, product: Product) -> str:
+        return _absolute(self.context, product.get_absolute_url())
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_image(self, product: Product) -> str | None:
+        image = product.primary_image
+        if image is None:
+            return None
+        return _file_url(self.context, image.thumbnail or image.image)
+
+
+@extend_schema_serializer(component_name="RankedProduct")
+class RankedProductOutputSerializer(serializers.Serializer):
+    score = serializers.FloatField(read_only=True, help_text="Cosine similarity, higher is closer.")
+    product = ProductOutputSerializer(read_only=True)
+
+
+@extend_schema_serializer(component_name="RankedResults")
+class RankedResultsOutputSerializer(serializers.Serializer):
+    """The envelope of similar-products and search-by-photo results."""
+
+    count = serializers.IntegerField(read_only=True)
+    collection = serializers.CharField(
+        read_only=True, allow_null=True,
+        help_text="The vector collection (one per embedding model version) that answered; null if none is active.",
+    )
+    results = RankedProductOutputSerializer(many=True, read_only=True)
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField(read_only=True)
+
+
+# Input -----------------------------------------------------------------------------------------
+
+
+class CategoryRefField(serializers.CharField):
+    """A category given by id or slug; validates to the Category."""
+
+    default_error_messages = {"does_not_exist": "No category with id or slug {value!r}."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "Category id or slug.")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        category = None
+        if re.fullmatch(r"[0-9]{1,18}", value):
+            category = Category.objects.filter(pk=int(value)).first()
+        if category is None:
+            category = Category.objects.filter(slug=value).first()
+        if category is None:
+            self.fail("does_not_exist", value=value)
+        return category
+
+
+@extend_schema_field({"type": "number", "minimum": 0})
+class PriceFilterField(serializers.DecimalField):
+    """A non-negative price bound; a number on the wire, a Decimal once validated."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_digits=14, decimal_places=4, min_value=0, **kwargs)
+
+
+def _optional_bool(help_text: str) -> serializers.BooleanField:
+    # allow_null keeps an absent flag absent with QueryDict input (DRF would read it as False).
+    return serializers.BooleanField(required=False, allow_null=True, default=None, help_text=help_text)
+
+
+class VectorFilterInputSerializer(serializers.Serializer):
+    category = CategoryRefField(required=False)
+    max_price = PriceFilterField(required=False, help_text="Only products at or below this price.")
+    in_stock = _optional_bool("true: only products in stock; false: only products out of stock.")
+
+    def to_filters(self) -> SearchFilters:
+        data = self.validated_data
+        category, max_price = data.get("category"), data.get("max_price")
+        return SearchFilters(
+            category_id=category.pk if category is not None else None,
+            max_price=float(max_price) if max_price is not None else None,
+            in_stock=data.get("in_stock"),
+        )
+
+
+class ProductListFilterInputSerializer(VectorFilterInputSerializer):
+    q = serializers.CharField(required=False, allow_blank=True, max_length=200,
+                              help_text="Words in the title or brand (case-insensitive).")
+
+
+class SimilarProductsInputSerializer(VectorFilterInputSerializer):
+    k = serializers.IntegerField(min_value=1, max_value=MAX_K, default=12, help_text="How many products to return.")
+
+
+class ImageUploadField(serializers.FileField):
+    """Any uploaded file: the bytes are judged by the image validator, not by name or content type."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_empty_file", True)  # the image validator gives the clearer message
+        kwargs.setdefault("use_url", False)
+        super().__init__(**kwargs)
+
+
+@extend_schema_serializer(component_name="SearchByImage")
+class SearchByImageInputSerializer(VectorFilterInputSerializer):
+    image = ImageUploadField(help_text="The photo to search with (JPEG, PNG, WebP, GIF, BMP or TIFF).")
+    k = serializers.IntegerField(min_value=1, max_value=MAX_K, default=24, help_text="How many products to return.")
+
+
+@extend_schema_serializer(component_name="ProductImageUpload")
+class ProductImageCreateInputSerializer(serializers.Serializer):
+    image = ImageUploadField(help_text="The product photo (JPEG, PNG, WebP, GIF, BMP or TIFF).")
+
+
+@extend_schema_serializer(component_name="ProductCreate")
+class ProductCreateInputSerializer(serializers.Serializer):
+    sku = serializers.CharField(max_length=120, help_text="The merchant's own product id; unique.")
+    title = serializers.CharField(max_length=300)
+    brand = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    currency = serializers.CharField(max_length=3, min_length=3, required=False, default="USD",
+                                     help_text="ISO 4217 code.")
+    category = serializers.CharField(max_length=120, help_text="Category name; created when new.")
+    attributes = serializers.DictField(required=False, default=dict)
+    in_stock = serializers.BooleanField(required=False, default=True)
+
+    def validate_sku(self, value: str) -> str:
+        if Product.objects.filter(sku=value).exists():
+            raise serializers.ValidationError("A product with this SKU already exists.")
+        return value
+
+    def validate_currency(self, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]{3}", value):
+            raise serializers.ValidationError("Use a three-letter ISO 4217 code.")
+        return value.upper()
+

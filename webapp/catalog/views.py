@@ -1,0 +1,62 @@
+"""Server-rendered catalog pages: the product grid and the product page with its look-alikes."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.shortcuts import get_object_or_404, render
+
+from webapp.catalog.models import Category, Product, ProductImage
+from webapp.search.selectors import similar_products
+from webapp.search.vector_store import VectorStoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+PRODUCTS_PER_PAGE = 24
+SIMILAR_PRODUCTS = 12
+
+
+def product_list(request):
+    categories = Category.objects.annotate(product_count=Count("products")).order_by("name")
+    products = Product.objects.select_related("category").prefetch_related("images").order_by("id")
+    current_category = None
+    slug = request.GET.get("category")
+    if slug:
+        current_category = get_object_or_404(Category, slug=slug)
+        products = products.filter(category=current_category)
+    paginator = Paginator(products, PRODUCTS_PER_PAGE)
+    page = paginator.get_page(request.GET.get("page"))
+    return render(
+        request,
+        "catalog/product_list.html",
+        {
+            "categories": categories,
+            "current_category": current_category,
+            "page": page,
+            "page_range": paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
+        },
+    )
+
+
+def product_detail(request, pk: int):
+    product = get_object_or_404(Product.objects.select_related("category").prefetch_related("images"), pk=pk)
+    similar, similar_unavailable = [], False
+    try:
+        similar = similar_products(product=product, k=SIMILAR_PRODUCTS)
+    except VectorStoreUnavailable:
+        logger.warning("similar products of %s unavailable: vector store unreachable", product.pk, exc_info=True)
+        similar_unavailable = True
+    images = list(product.images.all())
+    return render(
+        request,
+        "catalog/product_detail.html",
+        {
+            "product": product,
+            "images": images,
+            "similar": similar,
+            "similar_unavailable": similar_unavailable,
+            "has_ready_image": any(image.status == ProductImage.Status.READY for image in images),
+        },
+    )
