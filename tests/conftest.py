@@ -198,6 +198,13 @@ def _clean_broker_dir():
     from django.conf import settings
 
     broker_dir = Path(settings.BROKER_DIR)
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=2).flushdb()
+        except redis.RedisError as exc:
+            pytest.exit(f"CELERY_BROKER_URL {settings.CELERY_BROKER_URL} is unreachable: {exc}", returncode=1)
     if settings.CELERY_BROKER_URL.startswith("filesystem"):
         for folder in ("queue", "processed"):
             shutil.rmtree(broker_dir / folder, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,8 @@ def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = 
     k = max(1, min(int(k), MAX_K))
     store = get_vector_store()
     filters = SearchFilters(filters.category_id, filters.max_price, filters.in_stock, exclude_product_id=product.pk)
-    cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filters.expression()}"
+    filter_digest = hashlib.sha1(filters.expression().encode()).hexdigest()[:16]
+    cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filter_digest}"
     cached = cache.get(cache_key)
     if cached is None:
         rows = store.rows_for_product(product.pk)
