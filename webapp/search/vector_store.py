@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,8 @@ class MilvusVectorStore:
         self.prefix = prefix
         self.index_type = index_type
         self.connect_timeout = connect_timeout
+        self.reconnect_backoff = min(connect_timeout, 3.0)
+        self._retry_connect_after = 0.0
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
 
@@ -68,9 +71,13 @@ class MilvusVectorStore:
     def client(self) -> MilvusClient:
         with self._client_lock:
             if self._client is None:
+                # After a failed connect, fail fast for a few seconds instead of blocking every request.
+                if time.monotonic() < self._retry_connect_after:
+                    raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable (recent connect failed)")
                 try:
                     self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.connect_timeout)
                 except MilvusException as exc:
+                    self._retry_connect_after = time.monotonic() + self.reconnect_backoff
                     raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable: {exc}") from exc
             return self._client
 
@@ -117,10 +124,13 @@ class MilvusVectorStore:
         return {}
 
     def active_collection(self) -> str | None:
+        """The collection the alias points at; None before the first collection is created."""
         try:
             return self.client.describe_alias(self.alias)["collection_name"]
-        except MilvusException:
-            return None
+        except MilvusException as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise VectorStoreUnavailable(f"Milvus describe_alias failed: {exc}") from exc
 
     def point_alias(self, collection: str) -> None:
         """Make the alias the product reads point at `collection` (atomic swap when it exists)."""
