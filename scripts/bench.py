@@ -439,7 +439,7 @@ def street_photo(pixels, rng: random.Random) -> bytes:
     t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
     background = top * (1 - t) + bottom * t + np.zeros((1, width, 3), dtype=np.float32)
     background += np.random.default_rng(rng.randint(0, 2**31)).normal(0, 9, background.shape)
-    photo = Image.fromarray(background.clip(0, 255).astype("uint8"), "RGB")
+    photo = Image.fromarray(background.clip(0, 255).astype("uint8"))
     draw = ImageDraw.Draw(photo)
     for _ in range(rng.randint(4, 9)):  # facades, windows, street furniture
         x0, y0 = rng.randint(-50, width), rng.randint(-50, height)
@@ -447,10 +447,10 @@ def street_photo(pixels, rng: random.Random) -> bytes:
         draw.rectangle([x0, y0, x1, y1], fill=tuple(rng.randint(20, 230) for _ in range(3)))
     photo = photo.filter(ImageFilter.GaussianBlur(2.5))
     side = rng.randint(200, 300)
-    item = Image.fromarray(pixels, "L").resize((side, side), Image.Resampling.BICUBIC)
+    item = Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC)
     colour = np.array([rng.randint(0, 200) for _ in range(3)], dtype=np.float32)
     shade = np.asarray(item, dtype=np.float32)[..., None] / 255.0
-    garment = Image.fromarray((colour * (0.45 + 0.55 * shade)).clip(0, 255).astype("uint8"), "RGB")
+    garment = Image.fromarray((colour * (0.45 + 0.55 * shade)).clip(0, 255).astype("uint8"))
     mask = item.point(lambda v: 255 if v > 18 else 0).filter(ImageFilter.GaussianBlur(1.2))
     photo.paste(garment, (rng.randint(0, width - side), rng.randint(0, height - side)), mask)
     buffer = io.BytesIO()
@@ -878,7 +878,7 @@ class Bench:
 
     def report_load(self, label, result):
         log(f"{label}: {result['rps']:.1f} req/s, p50 {result['p50']:.1f} ms, p90 {result['p90']:.1f} ms, "
-            f"p99 {result['p99']:.1f} ms, {result['ok']} ok, {result['errors']} errors {result['error_kinds'] or ''}")
+            f"p99 {result['p99']:.1f} ms, {result['ok']} ok, {result['errors']} errors {result.get('error_kinds') or ''}")
         if "cpu" in result:
             log(f"  cpu: {cpu_summary(result['cpu'])}")
         for sample in result.get("error_samples", []):
