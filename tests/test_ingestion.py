@@ -151,7 +151,9 @@ def test_editing_price_and_stock_updates_vector_filters(celery_worker, vector_st
     assert vector_store.rows_for_product(product.pk)[0]["in_stock"] is False
 
 
-def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int]) -> None:
+def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int], monkeypatch) -> None:
+    # Celery lets the CELERY_BROKER_URL environment variable override any app's broker (CI sets it).
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     sender = Celery("sender", broker=broker_url)
     sender.conf.broker_transport_options = transport_options
     sender.conf.task_serializer = "json"
@@ -161,7 +163,7 @@ def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int])
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_worker_consumes_from_redis_broker(tmp_path, milvus_uri, milvus_names, vector_store, fashion_items):
+def test_worker_consumes_from_redis_broker(tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store, fashion_items):
     import redis
 
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -171,13 +173,11 @@ def test_worker_consumes_from_redis_broker(tmp_path, milvus_uri, milvus_names, v
         require_service(f"Redis broker at {url} unreachable ({exc}); set TEST_REDIS_URL")
     redis.Redis.from_url(url).flushdb()
     product = make_product(sku="via-redis")
-    from django.db.models.signals import post_save  # noqa: F401  (the image is queued explicitly below)
-
     image = ProductImage.objects.create(product=product, image=services.product_image_create(
         product=product, content=fashion_items[7][0]).image.name)
     worker = start_worker(tmp_path, milvus_uri, milvus_names, url)
     try:
-        _send_ingest(url, {}, [image.pk])
+        _send_ingest(url, {}, [image.pk], monkeypatch)
         wait_until(lambda: status_of(image.pk) == "ready", 60, message="ingest through Redis")
     finally:
         stop_worker(worker)
@@ -186,7 +186,7 @@ def test_worker_consumes_from_redis_broker(tmp_path, milvus_uri, milvus_names, v
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, milvus_uri, milvus_names, vector_store,
+def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store,
                                                          fashion_items):
     broker_dir = tmp_path / "broker"
     (broker_dir / "queue").mkdir(parents=True)
@@ -199,7 +199,7 @@ def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, milvus_uri, m
     worker = start_worker(tmp_path, milvus_uri, milvus_names, "filesystem://",
                           extra_env={"CELERY_BROKER_DIR": str(broker_dir)})
     try:
-        _send_ingest("filesystem://", options, [image.pk])
+        _send_ingest("filesystem://", options, [image.pk], monkeypatch)
         wait_until(lambda: status_of(image.pk) == "ready", 60, message="ingest through the filesystem broker")
     finally:
         stop_worker(worker)
