@@ -191,8 +191,9 @@ def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, monkeypatch, 
     broker_dir = tmp_path / "broker"
     (broker_dir / "queue").mkdir(parents=True)
     (broker_dir / "processed").mkdir()
+    (broker_dir / "control").mkdir()
     options = {"data_folder_in": str(broker_dir / "queue"), "data_folder_out": str(broker_dir / "queue"),
-               "processed_folder": str(broker_dir / "processed")}
+               "processed_folder": str(broker_dir / "processed"), "control_folder": str(broker_dir / "control")}
     product = make_product(sku="via-files")
     image = ProductImage.objects.create(product=product, image=services.product_image_create(
         product=product, content=fashion_items[8][0]).image.name)
