@@ -99,17 +99,20 @@ class Stack:
     def __init__(self):
         self.procs: list[tuple[str, subprocess.Popen, object]] = []
 
-    def start(self, name: str, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict, log_path: Path,
+              stop_signal: int = signal.SIGTERM) -> subprocess.Popen:
         handle = open(log_path, "ab")
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        process.stop_signal = stop_signal
         self.procs.append((name, process, handle))
         return process
 
-    def stop(self, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    def stop(self, process: subprocess.Popen, timeout: float = 8.0) -> None:
         if process.poll() is None:
             try:
-                os.killpg(process.pid, signal.SIGTERM)  # the group this benchmark created for it
+                # The process group this benchmark created for it (its own session).
+                os.killpg(process.pid, getattr(process, "stop_signal", signal.SIGTERM))
             except ProcessLookupError:
                 pass
             try:
@@ -127,7 +130,10 @@ class Stack:
     def stop_all(self) -> None:
         for name, process, handle in reversed(self.procs):
             try:
+                t0 = time.monotonic()
                 self.stop(process)
+                if time.monotonic() - t0 > 2:
+                    log(f"stopping {name} took {time.monotonic() - t0:.0f}s")
             except Exception as exc:  # keep stopping the others
                 print(f"could not stop {name} ({process.pid}): {exc}", file=sys.stderr)
             handle.close()
@@ -401,6 +407,37 @@ def http_call(port: int, raw: bytes, timeout: float = 30.0) -> tuple[int, bytes]
     return status, body
 
 
+def warm_all_workers(port: int, raws: list[bytes], workers: int, budget_s: float = 120.0,
+                     max_requests: int | None = None) -> tuple[int, float]:
+    """Fresh connections, `2 x workers` at a time, until a whole round is fast: every gunicorn worker
+    has then loaded what it loads lazily (Django, DRF, the embedding model). Returns (requests, seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    sent = fast_rounds = 0
+    first = None
+    with ThreadPoolExecutor(2 * workers) as pool:
+        while time.monotonic() - t0 < budget_s:
+            batch = [raws[(sent + i) % len(raws)] for i in range(2 * workers)]
+            timings = []
+
+            def call(raw):
+                start = time.perf_counter()
+                status, _ = http_call(port, raw, timeout=120)
+                timings.append((status, time.perf_counter() - start))
+
+            list(pool.map(call, batch))
+            sent += len(batch)
+            slowest = max(t for _, t in timings)
+            first = first or slowest
+            fast_rounds = fast_rounds + 1 if slowest < max(0.5, 0.25 * first) else 0
+            if fast_rounds >= 3:  # three rounds in a row with no worker still loading
+                break
+            if max_requests is not None and sent >= max_requests:
+                break
+    return sent, time.monotonic() - t0
+
+
 class KeepAlive:
     """A sequential keep-alive connection (http.client) for latency runs and polling."""
 
@@ -537,7 +574,8 @@ class Bench:
             env["TORCH_NUM_THREADS"] = str(self.args.worker_torch_threads)
         process = self.stack.start("celery worker", [
             str(VENV_BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "ingest,default",
-            "--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair", "--loglevel", "INFO",
+            "--concurrency", "1", "--prefetch-multiplier", str(self.args.worker_prefetch), "-O", "fair",
+            "--loglevel", "INFO",
             "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
         ], env, log_path)
         deadline = time.monotonic() + 90
@@ -563,7 +601,7 @@ class Bench:
                 "--error-logfile", str(log_path)]
         if self.args.access_log:
             argv += ["--access-logfile", str(self.logs / "access.log")]
-        process = self.stack.start("gunicorn", argv, env, log_path)
+        process = self.stack.start("gunicorn", argv, env, log_path, stop_signal=signal.SIGINT)  # quick shutdown
         wait_for_port(self.web_port, 90, process, log_path)
         self.sessions["gunicorn"] = process.pid
         self.web = process
@@ -613,6 +651,8 @@ class Bench:
                     raise BenchError(f"load_demo_catalog failed:\n{tail(loader_log)}")
             if loader_done_t is not None and ready + failed >= n:
                 break
+            if failed > max(5, 0.1 * n):
+                raise BenchError(f"{failed} images failed ingestion:\n{tail(self.logs / 'worker.log', 15)}")
             if now > deadline:
                 raise BenchError(f"ingest not finished after {self.args.ingest_timeout}s: {counts}")
             if now - last_print > 10:
@@ -626,8 +666,9 @@ class Bench:
         lo = next(s for s in series if s[2] >= 0.1 * n)
         hi = next(s for s in series if s[2] >= 0.9 * n)
         steady = (hi[2] - lo[2]) / max(hi[0] - lo[0], 1e-9) if hi[0] > lo[0] else float("nan")
-        task_times = [float(x) for x in re.findall(r"ingest_image_batch\[[^\]]+\] succeeded in ([0-9.]+)s",
-                                                   (self.logs / "worker.log").read_text(errors="replace"))]
+        tasks = worker_task_timeline((self.logs / "worker.log").read_text(errors="replace"))
+        task_times = [t["run_s"] for t in tasks]
+        gaps = [t["wait_s"] for t in tasks[1:] if t["wait_s"] is not None]
         end_to_end = ready_total / max(all_ready_t - (first_row_t or 0.0), 1e-9)
         self.results["ingest"] = {
             "images": n, "ready": ready_total, "failed": series[-1][3], "first_queued_s": first_row_t,
@@ -635,10 +676,15 @@ class Bench:
             "img_s_end_to_end": end_to_end, "img_s_steady": steady,
             "tasks": len(task_times), "task_p50_s": percentile(task_times, 50), "task_max_s": max(task_times, default=0),
             "first_task_s": task_times[0] if task_times else float("nan"),
+            "gap_p50_s": percentile(gaps, 50), "idle_between_tasks": sum(gaps) / max(sum(gaps) + sum(task_times[1:]), 1e-9),
+            "img_s_in_task": 32 / percentile(task_times[1:], 50) if len(task_times) > 1 else float("nan"),
             "cpu": usage, "worker_cpu_s_per_image": usage["cpu_s"]["celery worker"] / max(n, 1),
         }
         log(f"ingest: {ready_total} ready in {all_ready_t - (first_row_t or 0):.1f}s after first queue -> "
             f"{end_to_end:.1f} img/s end-to-end, {steady:.1f} img/s steady; {cpu_summary(usage)}")
+        ing = self.results["ingest"]
+        log(f"  {len(tasks)} tasks: run p50 {ing['task_p50_s']:.2f}s ({ing['img_s_in_task']:.1f} img/s while running), "
+            f"worker idle between tasks p50 {ing['gap_p50_s']:.2f}s = {ing['idle_between_tasks'] * 100:.0f}% of the time")
         if series[-1][3]:
             self.results["notes"].append(f"{series[-1][3]} images failed ingestion (see var/bench/log/worker.log).")
 
@@ -656,6 +702,7 @@ class Bench:
         records = []
         log(f"freshness: {trials} new products, each with one new image (idle worker) ...")
         for i, base in enumerate(bases):
+            time.sleep(self.args.fresh_gap)
             base_image = base.images.filter(status="ready").first()
             with base_image.image.open("rb") as handle:
                 content = handle.read()
@@ -664,6 +711,7 @@ class Bench:
                 sku=f"bench-fresh-{uuid.uuid4().hex[:8]}", title=base.title, price=base.price,
                 category=base.category, brand=base.brand)
             t_save = time.monotonic()
+            wall_save = time.time()
             image = catalog_services.product_image_create(product=product, content=content)  # queues on commit
             t_saved = time.monotonic()
             seen = {}
@@ -682,9 +730,19 @@ class Bench:
                     if ProductImage.objects.filter(pk=image.pk, status="ready").exists():
                         seen["db_ready"] = time.monotonic() - t_save
                 time.sleep(0.02)
-            records.append({"save_s": t_saved - t_save, **seen})
+            record = {"save_s": t_saved - t_save, **seen}
+            task, wait_until = None, time.monotonic() + 5
+            while task is None and time.monotonic() < wait_until:  # the log line follows the DB update
+                task = next((t for t in worker_task_timeline((self.logs / "worker.log").read_text(errors="replace"))
+                             if t["received"] >= wall_save - 0.01), None)
+                time.sleep(0.05)
+            if task is not None:
+                record.update(pickup_s=task["received"] - wall_save, task_s=task["run_s"])
+            records.append(record)
             log(f"  trial {i + 1}: save {1000 * (t_saved - t_save):.0f} ms, "
-                + ", ".join(f"{k} {v:.2f}s" for k, v in seen.items()))
+                + ", ".join(f"{k} {v:.2f}s" for k, v in seen.items())
+                + (f" (worker got the task {record['pickup_s']:.2f}s after the save, ran it in {record['task_s']:.2f}s)"
+                   if task else ""))
         client.close()
 
         def agg(key):
@@ -693,7 +751,7 @@ class Bench:
             return {"p50": percentile(values, 50), "max": max(values, default=float("nan")), "missing": missing}
 
         self.results["freshness"] = {"trials": records, "vector_store": agg("vector_store"), "api": agg("api"),
-                                     "db_ready": agg("db_ready")}
+                                     "db_ready": agg("db_ready"), "pickup": agg("pickup_s"), "task": agg("task_s")}
 
     def bench_flush(self, label: str, reps: int = 10, batch: int = 32):
         """Time one worker-sized upsert (32 rows, re-writing existing image ids) and the flush after it."""
@@ -819,6 +877,41 @@ class Bench:
         self.results["notes"].append(f"Milvus Lite was still busy (index build) after {self.args.settle_timeout}s.")
         return time.monotonic() - t0
 
+    def bench_milvus_calls(self, label: str, samples: int = 40):
+        """What one similar-products cache miss costs in Milvus, call by call, at the full gallery size."""
+        import numpy as np
+
+        from webapp.catalog.models import ProductImage
+        from webapp.search.runtime import get_vector_store
+        from webapp.search.vector_store import SearchFilters
+
+        store = get_vector_store()
+        pairs = list(ProductImage.objects.filter(status="ready").values_list("pk", "product_id"))
+        picks = random.Random(3).sample(pairs, min(samples, len(pairs)))
+        timings: dict[str, list[float]] = {}
+
+        def timed(name, fn):
+            t0 = time.perf_counter()
+            value = fn()
+            timings.setdefault(name, []).append(time.perf_counter() - t0)
+            return value
+
+        for image_id, product_id in picks:
+            timed("resolve active collection", store.active_collection)
+            rows = timed("query by product_id (rows_for_product)", lambda: store.rows_for_product(product_id))
+            timed("get by primary key (image_id)", lambda: store.client.get(store.alias, ids=[image_id],
+                                                                          output_fields=["vector"]))
+            vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
+            timed("ANN search k=68, filter product_id != id", lambda: store.search(
+                vectors, 68, SearchFilters(exclude_product_id=product_id)))
+            timed("ANN search k=68, no filter", lambda: store.search(vectors, 68))
+        result = {name: {"p50_ms": percentile(v, 50) * 1000, "p90_ms": percentile(v, 90) * 1000}
+                  for name, v in timings.items()}
+        self.results.setdefault("milvus_calls", {})[label] = {"samples": len(picks), "vectors": store.count(),
+                                                              "calls": result}
+        log(f"milvus calls at {store.count():,} vectors (sequential, from this process): " + "; ".join(
+            f"{name} {v['p50_ms']:.1f} ms" for name, v in result.items()))
+
     # ---- 4. similar products -----------------------------------------------------------------
     def product_ids(self) -> list[int]:
         from webapp.catalog.models import ProductImage
@@ -845,9 +938,9 @@ class Bench:
         args = self.args
         warmup_ids, warm_ids, cold_ids = ids[-200:-1], ids[: args.warm_set], ids[args.warm_set : -200]
         path = "/api/products/{}/similar/?k=12"
-        log(f"similar: warming gunicorn workers ({len(warmup_ids)} ids, not measured) ...")
-        run_load(self.web_port, [get_request(path.format(i)) for i in warmup_ids], concurrency=args.concurrency,
-                 duration=min(5.0, args.duration), procs=args.load_procs, distinct=True)
+        sent, took = warm_all_workers(self.web_port, [get_request(path.format(i)) for i in warmup_ids],
+                                      args.web_workers, max_requests=4 * args.web_workers)
+        log(f"similar: warmed gunicorn workers with {sent} requests on fresh connections ({took:.1f}s, not measured)")
 
         log(f"similar COLD: {args.concurrency} connections for {args.duration:.0f}s over distinct ids "
             f"(each requested once) ...")
@@ -857,6 +950,10 @@ class Bench:
         cold["cpu"] = cpu.stop({"load generator": cold["loadgen_cpu_s"]})
         self.report_load("similar cold", cold)
 
+        # Every gunicorn worker has its own cache, so priming costs about warm set x workers misses: size the
+        # warm set so that fits in --prime-timeout at the cold rate just measured.
+        fits = int(cold["rps"] * args.prime_timeout / (1.5 * args.web_workers))
+        warm_ids = warm_ids[: max(10, min(len(warm_ids), fits))]
         warm_requests = [get_request(path.format(i)) for i in warm_ids]
         passes = args.warm_passes
         log(f"similar WARM: priming {len(warm_ids)} ids x {passes} passes so every gunicorn worker caches them ...")
@@ -897,9 +994,9 @@ class Bench:
         raws = [multipart_request("/api/search/", "image", f"street-{n}.jpg", p, "image/jpeg")
                 for n, (p, _) in enumerate(photos)]
         log(f"search: {len(photos)} street-like 640x480 JPEGs (~{sum(len(p) for p, _ in photos) // len(photos) // 1024}"
-            f" KB); warming the model in every gunicorn worker ...")
-        run_load(self.web_port, raws[: 4 * args.web_workers], concurrency=args.web_workers * 2, duration=120,
-                 procs=1, distinct=True, timeout=120)
+            f" KB); loading the model in every gunicorn worker ...")
+        sent, took = warm_all_workers(self.web_port, raws, args.web_workers)
+        log(f"search: warmed with {sent} requests on fresh connections ({took:.1f}s, not measured)")
         status, body = http_call(self.web_port, raws[0], timeout=60)
         if status != 200:
             raise BenchError(f"POST /api/search/ -> {status}: {body[:300]!r}")
@@ -974,14 +1071,43 @@ class Bench:
         self.results["phases"]["setup_s"] = time.monotonic() - started
 
         phases = [("ingest", self.bench_ingest), ("freshness", self.bench_freshness),
-                  ("flush_small", lambda: self.bench_flush("after ingest")), ("scale", self.scale_catalog),
-                  ("flush_large", lambda: self.bench_flush("full catalog")), ("similar", self.bench_similar),
+                  ("flush_small", lambda: self.bench_flush("after ingest")),
+                  ("milvus_calls_small", lambda: self.bench_milvus_calls("after ingest")), ("scale", self.scale_catalog),
+                  ("flush_large", lambda: self.bench_flush("full catalog")),
+                  ("milvus_calls", lambda: self.bench_milvus_calls("full catalog")),
+                  ("similar", self.bench_similar),
                   ("search", self.bench_search)]
+        only = set(self.args.only.split(",")) if self.args.only else None
         for name, phase in phases:
+            if only is not None and name not in only and not (name == "ingest"):
+                continue  # everything needs the ingested items
             t0 = time.monotonic()
             phase()
             self.results["phases"][f"{name}_s"] = time.monotonic() - t0
         self.results["phases"]["total_s"] = time.monotonic() - started
+
+
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] Task "
+                      r"workers\.tasks\.ingest_image_batch\[([0-9a-f-]+)\] (received|succeeded in ([0-9.]+)s)")
+
+
+def worker_task_timeline(text: str) -> list[dict]:
+    """Ingest tasks from the worker log: run time, and the wait between the previous task's end and this
+    one's arrival at the worker (time the worker sat idle with work still queued)."""
+    received, tasks = {}, []
+    for line in text.splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if match.group(3) == "received":
+            received[match.group(2)] = stamp
+        elif match.group(2) in received:
+            tasks.append({"received": received[match.group(2)], "end": stamp, "run_s": float(match.group(4))})
+    tasks.sort(key=lambda t: t["received"])
+    for previous, task in zip([None, *tasks[:-1]], tasks):
+        task["wait_s"] = max(0.0, task["received"] - previous["end"]) if previous else None
+    return tasks
 
 
 def _category_name(product) -> str | None:
@@ -1109,19 +1235,25 @@ def limits_section(r: dict, args) -> list[str]:
     ing = r["ingest"]
     shares = cpu_shares(ing["cpu"])
     worker_share = shares.get("celery worker", 0)
-    out.append(
-        f"- **Ingest is CPU-bound on embedding.** The worker used {worker_share:.2f} cores on average "
-        f"({ing['worker_cpu_s_per_image'] * 1000:.0f} ms of CPU per image) while the machine was "
-        f"{ing['cpu']['machine_busy'] * 100:.0f}% busy; one {32}-image task took {fmt(ing['task_p50_s'], '.2f')} s "
-        f"(p50), the first one {fmt(ing['first_task_s'], '.2f')} s (model load). With {cores} cores, more worker "
-        f"processes would only split the same CPU; a smaller input (EMBEDDER_IMAGE_SIZE=160) or a GPU worker is "
-        f"what raises images/s."
-    )
+    idle = ing.get("idle_between_tasks", 0.0)
+    text = (f"- **Ingest: {fmt(ing['img_s_steady'])} img/s steady.** While a 32-image task runs the worker embeds at "
+            f"{fmt(ing.get('img_s_in_task'))} img/s (task p50 {fmt(ing['task_p50_s'], '.2f')} s; the first task "
+            f"{fmt(ing['first_task_s'], '.2f')} s includes the model load), using {worker_share:.2f} cores on average "
+            f"({ing['worker_cpu_s_per_image'] * 1000:.0f} ms CPU per image; machine {ing['cpu']['machine_busy'] * 100:.0f}% busy). ")
+    if idle >= 0.15:
+        text += (f"But between tasks the worker sits idle for p50 {fmt(ing.get('gap_p50_s'), '.2f')} s — "
+                 f"{idle * 100:.0f}% of the time — although work is queued: with the filesystem broker Celery runs its "
+                 f"blocking loop (`drain_events(timeout=2.0)`), and with acks_late + prefetch 1 the next message is "
+                 f"only fetched after the previous ack is processed at the end of that 2 s cycle. ")
+    text += (f"The embedding itself is CPU-bound: on {cores} cores more worker processes would split the same CPU; "
+             f"a smaller input (EMBEDDER_IMAGE_SIZE=160) or a GPU worker is what raises images/s.")
+    out.append(text)
     fr = r["freshness"]
     out.append(
-        f"- **Freshness** is dominated by the worker's per-task path (broker poll 50 ms, embed, upsert, flush, "
-        f"thumbnail, one DB transaction per image): p50 {fmt(fr['vector_store']['p50'], '.2f')} s to be searchable "
-        f"with an idle worker. Behind a backlog it is the queue wait: {ing['images']:,} queued images drain in "
+        f"- **Freshness**: p50 {fmt(fr['vector_store']['p50'], '.2f')} s from save to searchable with an idle worker, "
+        f"of which {fmt(fr['pickup']['p50'], '.2f')} s until the worker received the task (broker polling) and "
+        f"{fmt(fr['task']['p50'], '.2f')} s running it (decode, thumbnail, embed one image, upsert + flush, DB "
+        f"update). Behind a backlog it is the queue wait: {ing['images']:,} queued images drain in "
         f"{fmt(ing['all_ready_s'], '.0f')} s. Similar lists of *existing* products are cached for "
         f"SIMILAR_PRODUCTS_CACHE_SECONDS, so a new product shows up there only after that TTL."
     )
@@ -1133,32 +1265,71 @@ def limits_section(r: dict, args) -> list[str]:
     sim = r["similar"]
     cold, warm = sim["cold"], sim["warm"]
     cs, ws = cpu_shares(cold["cpu"]), cpu_shares(warm["cpu"])
+    calls = list(r.get("milvus_calls", {}).values())
+    miss_ms = None
+    if calls:
+        big = calls[-1]["calls"]
+        miss_ms = sum(big.get(k, {}).get("p50_ms", 0) for k in ("resolve active collection", "query by product_id (rows_for_product)",
+                                                                 "ANN search k=68, filter product_id != id"))
+        growth = ""
+        if len(calls) > 1:
+            small = calls[0]["calls"]
+            growth = (f" From {calls[0]['vectors']:,} to {calls[-1]['vectors']:,} vectors the query by product_id goes "
+                      f"{fmt(small['query by product_id (rows_for_product)']['p50_ms'])} → "
+                      f"{fmt(big['query by product_id (rows_for_product)']['p50_ms'])} ms and a search "
+                      f"{fmt(small['ANN search k=68, no filter']['p50_ms'])} → {fmt(big['ANN search k=68, no filter']['p50_ms'])} ms, "
+                      f"while a get by primary key stays at {fmt(big['get by primary key (image_id)']['p50_ms'])} ms.")
+        out.append(
+            f"- **Milvus Lite is the ceiling for anything that misses the cache.**{growth} Milvus Lite 3.2 is a Python "
+            f"gRPC server that, on every search and query, walks every row of every segment in Python (dedup by "
+            f"sequence number and a tombstone check per row; seen with cProfile: `_build_local_mask`, "
+            f"`_update_max_seqs`, `delta_index.is_deleted`), while the faiss HNSW search itself takes under a "
+            f"millisecond. So its cost grows linearly with the catalog, runs on one core (GIL), and one similar-products "
+            f"miss costs about {fmt(miss_ms, '.0f')} ms of it: at most ~{1000 / max(miss_ms, 1e-9):.0f} misses/s, "
+            f"whatever gunicorn does."
+        )
     out.append(
-        f"- **Similar products, cache miss**: {fmt(cold['rps'])} req/s. CPU during the run: "
-        f"Milvus Lite {cs.get('milvus-lite', 0):.2f} cores, gunicorn {cs.get('gunicorn', 0):.2f}, load generator "
-        f"{cs.get('load generator', 0):.2f} (machine {cold['cpu']['machine_busy'] * 100:.0f}% busy). A miss makes two "
-        f"Milvus calls (query the product's vectors by product_id, then an ANN search with a product_id != filter) "
-        f"through a Python gRPC server, plus the catalog join."
+        f"- **Similar products, cache miss**: {fmt(cold['rps'])} req/s, p50 {fmt(cold['p50'])} ms at c={cold['concurrency']} "
+        f"(latency is mostly queueing for Milvus). CPU during the run: Milvus Lite {cs.get('milvus-lite', 0):.2f} cores, "
+        f"gunicorn {cs.get('gunicorn', 0):.2f}, load generator {cs.get('load generator', 0):.2f}, other processes "
+        f"{cold['cpu'].get('other_cpu_s', 0) / max(cold['cpu']['wall_s'], 1e-9):.2f} (machine "
+        f"{cold['cpu']['machine_busy'] * 100:.0f}% busy)."
+        + (f" The similar-products cache is local memory, per gunicorn worker process: each product misses once per "
+           f"worker ({r['args_web_workers']} workers)." if r["cache"] != "Redis" else "")
     )
     out.append(
         f"- **Similar products, cached**: {fmt(warm['rps'])} req/s, p99 {fmt(warm['p99'])} ms. gunicorn used "
-        f"{ws.get('gunicorn', 0):.2f} cores, Milvus Lite still {ws.get('milvus-lite', 0):.2f}: every hit still calls "
-        f"describe_alias on Milvus (the cache key needs the active collection) and runs the catalog queries "
-        f"(products + categories + images) and DRF serialisation. At ~{1000 * ws.get('gunicorn', 0) / max(warm['rps'], 1e-9):.1f} ms of "
+        f"{ws.get('gunicorn', 0):.2f} cores, Milvus Lite still {ws.get('milvus-lite', 0):.2f}: every hit still makes "
+        f"Milvus round trips to resolve the active collection (for the cache key and again for the response), runs "
+        f"the catalog queries (products + categories + images) and DRF serialisation. At ~{1000 * ws.get('gunicorn', 0) / max(warm['rps'], 1e-9):.1f} ms of "
         f"web CPU per request, {cores} cores cap Django at about {cores * max(warm['rps'], 1e-9) / max(ws.get('gunicorn', 0) + ws.get('milvus-lite', 0), 1e-9):,.0f} req/s "
         f"even with no load generator on the box; {TARGETS['similar_rps']:,.0f} req/s needs the response cached as "
         f"bytes (or a CDN/edge cache) and more cores."
     )
     se = r["search"]
     ss = cpu_shares(se["sequential"]["cpu"])
+    search_ms = calls[-1]["calls"].get("ANN search k=68, no filter", {}).get("p50_ms") if calls else None
     out.append(
-        f"- **Search by photo** is one embedding on the web worker: p50 {fmt(se['sequential']['p50'])} ms sequential "
+        f"- **Search by photo** is one embedding on the web worker plus one Milvus search "
+        f"(~{fmt(search_ms, '.0f')} ms by itself at {calls[-1]['vectors'] if calls else 0:,} vectors): "
+        f"p50 {fmt(se['sequential']['p50'])} ms sequential "
         f"(gunicorn {ss.get('gunicorn', 0):.2f} cores busy); concurrent requests queue for the same {cores} cores "
         f"(p50 {fmt(se['concurrent']['p50'])} ms at c={se['concurrent']['concurrency']}). Each gunicorn worker holds "
         f"its own copy of the model and torch threads per worker default to all cores, so concurrency "
         f"oversubscribes the CPU."
     )
     return out
+
+
+def milvus_calls_table(r: dict) -> list[str]:
+    runs = list(r.get("milvus_calls", {}).values())
+    if not runs:
+        return []
+    lines = ["| call | " + " | ".join(f"p50 ms at {run['vectors']:,} vectors" for run in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for name in runs[0]["calls"]:
+        lines.append(f"| {name} | " + " | ".join(fmt(run["calls"].get(name, {}).get("p50_ms")) for run in runs) + " |")
+    return lines
 
 
 def cpu_table(r: dict) -> list[str]:
@@ -1253,7 +1424,8 @@ def write_report(r: dict, args, argv: list[str]) -> Path:
         f"ingested items) and their vectors are **the real embedding of a randomly chosen ingested item plus "
         f"Gaussian noise (noise norm {sc['noise_norm']}), re-normalised** (mean cosine to the source vector "
         f"{fmt(sc['mean_cos_to_source'], '.3f')}), upserted straight into the same Milvus collection with the "
-        f"fields of `vector_row()`. Embedding 100k images on {m['cores']} CPU cores would take over an hour. "
+        f"fields of `vector_row()`. Embedding {sc['synthetic']:,} more images through the worker at the "
+        f"{fmt(ing.get('img_s_in_task'))} img/s measured would take {sc['synthetic'] / max(ing.get('img_s_in_task') or 1e-9, 1e-9) / 3600:.1f} h. "
         f"Building it took {sc['total_s']:.0f} s (DB {sc['db_insert_s']:.0f} s, upsert {sc['vector_upsert_s']:.0f} s, "
         f"waiting for Milvus Lite's background HNSW index build {sc['milvus_settle_s']:.0f} s).",
         f"- **Freshness**: {len(r['freshness']['trials'])} new products, each saved with one image "
@@ -1263,14 +1435,23 @@ def write_report(r: dict, args, argv: list[str]) -> Path:
         f"- **Similar products**: `GET /api/products/{{id}}/similar/?k=12`, {args.concurrency} concurrent keep-alive "
         f"connections for {args.duration:.0f} s per run. Cold: ids in random order, each requested once "
         f"(pool {r['similar']['cold_pool']:,}). Warm: {r['similar']['warm_set']} ids requested "
-        f"{args.warm_passes}× first ({fmt(r['similar']['warm']['prime_s'], '.0f')} s) so every gunicorn worker's "
-        f"local-memory cache holds them, then random picks from that set. Latency = request sent → full body read.",
+        f"{args.warm_passes}× first ({fmt(r['similar']['warm']['prime_s'], '.0f')} s; the set is sized from the cold "
+        f"rate so priming fits in {args.prime_timeout:.0f} s) so every gunicorn worker's local-memory cache holds "
+        f"them, then random picks from that set. Latency = request sent → full body read.",
         f"- **Search by photo**: `POST /api/search/` (multipart `image`), {r['search']['sequential']['ok'] + r['search']['sequential']['errors']} "
         f"640×480 JPEGs (~{r['search']['image_bytes_avg'] / 1024:.0f} KB) made of an ingested Fashion-MNIST item "
         f"recoloured and pasted on a blurred street-like background; sequentially on one connection, then "
         f"concurrently at c={r['search']['concurrent']['concurrency']}."
         + (f" Sanity check: {r['search']['sequential']['category_precision_at_10'] * 100:.0f}% of the top-10 "
            f"results share the query item's category." if r['search']['sequential'].get('category_precision_at_10') is not None else ""),
+        "",
+        "## Milvus calls behind one similar-products cache miss",
+        "",
+        "Sequential gRPC calls from the benchmark process to the same Milvus Lite server, at both collection sizes "
+        "(random products; k=68 is what `similar/?k=12` asks Milvus for). A cache miss resolves the active collection, makes the "
+        "query by product_id and the filtered search; search by photo makes one unfiltered search.",
+        "",
+        *milvus_calls_table(r),
         "",
         "## CPU by process during each run",
         "",
@@ -1321,9 +1502,13 @@ def parse_args(argv):
     parser.add_argument("--image-size", type=int, default=None, help="EMBEDDER_IMAGE_SIZE for worker and web")
     parser.add_argument("--worker-torch-threads", type=int, default=None, help="TORCH_NUM_THREADS for the worker")
     parser.add_argument("--web-torch-threads", type=int, default=None, help="TORCH_NUM_THREADS for gunicorn")
+    parser.add_argument("--worker-prefetch", type=int, default=1,
+                        help="celery --prefetch-multiplier (scripts/run.sh uses 1)")
+    parser.add_argument("--fresh-gap", type=float, default=3.0,
+                        help="seconds between freshness trials so each finds the worker idle")
     parser.add_argument("--broker-url", default="filesystem://", help="Celery broker (isolated filesystem queue "
                         "under VAR_DIR by default; a shared Redis would mix with other workers)")
-    parser.add_argument("--ingest-timeout", type=float, default=None, help="default: 60 s + 0.2 s per image")
+    parser.add_argument("--ingest-timeout", type=float, default=None, help="default: 60 s + 0.5 s per image")
     parser.add_argument("--settle-timeout", type=float, default=300.0,
                         help="max seconds to wait for Milvus Lite's background index build")
     parser.add_argument("--wait-idle", type=float, default=120.0,
@@ -1331,6 +1516,8 @@ def parse_args(argv):
     parser.add_argument("--idle-threshold", type=float, default=0.25, help="machine busy fraction counted as quiet")
     parser.add_argument("--var-dir", default=str(ROOT / "var" / "bench"))
     parser.add_argument("--keep", action="store_true", help="do not wipe --var-dir first")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ingest always runs): "
+                        "freshness, flush_small, scale, flush_large, milvus_calls, similar, search; implies --no-report")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md and the PNG")
     parser.add_argument("--stub-api", action="store_true", help="serve the two API endpoints from "
                         "scripts/bench_stub_urls.py (to test this script before webapp/api exists)")
@@ -1341,10 +1528,12 @@ def parse_args(argv):
         for key, value in defaults.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
+    if args.only:
+        args.no_report = True
     if args.warm_passes is None:
         args.warm_passes = 3 * args.web_workers
     if args.ingest_timeout is None:
-        args.ingest_timeout = 60 + 0.2 * args.ingest
+        args.ingest_timeout = 60 + 0.5 * args.ingest
     if not 1 <= args.ingest <= 70_000:
         parser.error("--ingest must be between 1 and 70000 (Fashion-MNIST size)")
     if args.catalog < args.ingest + args.warm_set + 400:
@@ -1361,11 +1550,17 @@ def main(argv=None):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started in the background, where SIGINT is ignored
     try:
         bench.run()
         r = bench.results
         r["machine"] = machine_description()
+        r["args_web_workers"] = args.web_workers
         r["cache"] = "Redis" if bench.settings.CACHE_URL.startswith("redis") else "per-process local-memory"
+        if args.only:
+            (bench.var_dir / "results.json").write_text(json.dumps(r, default=str, indent=1))
+            log(f"partial run (--only {args.only}); raw numbers in {bench.var_dir / 'results.json'}")
+            return 0
         r["embedder"] = (f"{bench.settings.EMBEDDER_BACKBONE} at {bench.settings.EMBEDDER_IMAGE_SIZE} px, "
                          f"batch {bench.settings.EMBEDDER_BATCH_SIZE}, CPU")
         print_table(table_rows(r))

@@ -29,6 +29,12 @@ echo "worker: Celery (broker ${CELERY_BROKER_URL:-filesystem://}), log in $VAR_D
 
 $PY manage.py ensure_admin
 $PY manage.py load_demo_catalog --requeue-pending
+# Serve the trained default model: register it and, unless it is already active (or being embedded),
+# queue its activation; the worker re-embeds the catalog in the background and then swaps the alias.
+if [ -f models/visnet-default/config.json ]; then
+  $PY manage.py register_model models/visnet-default --activate --if-not-active \
+    || echo "warning: models/visnet-default could not be registered; serving the ImageNet stand-in" >&2
+fi
 
 echo
 echo "  Open http://$HOST:$PORT/   (admin: http://$HOST:$PORT/admin/, API docs: http://$HOST:$PORT/api/docs/)"

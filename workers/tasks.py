@@ -49,3 +49,27 @@ def sync_product_vectors(self, product_id: int) -> int:
         return services.product_vectors_sync(product_id=product_id)
     except TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+
+
+REEMBED_TASK_SECONDS = 60  # one task runs about this long, then queues the next step (ingest interleaves)
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def reembed_catalog(self, version_id: int, token: str = "") -> dict:
+    """Re-embed the catalog for a model version, then swap the alias (see webapp.search.versions)."""
+    from webapp.search import versions
+
+    try:
+        done = versions.catalog_reembed(version_id=version_id, token=token, time_budget=REEMBED_TASK_SECONDS)
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            versions.model_version_mark_failed(
+                version_id=version_id, reason=f"gave up after {self.request.retries + 1} attempts: {exc}")
+            raise
+        logger.warning("re-embed of version %s failed (%s); retry %s", version_id, exc, self.request.retries + 1)
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+    except versions.ReembedFailed as exc:
+        return {"version_id": version_id, "state": "failed", "error": str(exc)}
+    if not done:
+        reembed_catalog.apply_async(args=[version_id, token])
+    return {"version_id": version_id, "done": done}

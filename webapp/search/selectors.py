@@ -11,7 +11,7 @@ from django.core.cache import cache
 
 from webapp.catalog.images import open_normalised, validate_image_bytes
 from webapp.catalog.models import Product
-from webapp.search.runtime import get_embedder, get_vector_store
+from webapp.search.runtime import active_store, active_version, get_embedder
 from webapp.search.vector_store import Hit, SearchFilters, best_per_product
 
 MAX_K = 100
@@ -37,7 +37,7 @@ def _overfetch(k: int) -> int:
 
 def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
     k = max(1, min(int(k), MAX_K))
-    store = get_vector_store()
+    store = active_store()  # the active version's own collection (what the alias points at once swapped)
     filters = SearchFilters(filters.category_id, filters.max_price, filters.in_stock, exclude_product_id=product.pk)
     filter_digest = hashlib.sha1(filters.expression().encode()).hexdigest()[:16]
     cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filter_digest}"
@@ -57,6 +57,10 @@ def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = Sea
     """Search the catalog with a shopper's photo. Raises InvalidImage for bad bytes."""
     k = max(1, min(int(k), MAX_K))
     validate_image_bytes(content)
-    vector = get_embedder().embed_one(open_normalised(content))
-    hits = best_per_product(get_vector_store().search(vector, _overfetch(k), filters), k)
+    picture = open_normalised(content)
+    # One snapshot of the active version: the query is embedded by the same model as the vectors it
+    # searches, even while the alias swaps (the previous collection stays until it is dropped).
+    version = active_version()
+    vector = get_embedder(version).embed_one(picture)
+    hits = best_per_product(active_store(version).search(vector, _overfetch(k), filters), k)
     return _ranked(hits, k)

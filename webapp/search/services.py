@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from webapp.catalog.images import InvalidImage, make_thumbnail, open_normalised, validate_image_bytes
 from webapp.catalog.models import ProductImage
+from webapp.search import runtime
 from webapp.search.runtime import get_embedder, get_vector_store
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,20 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
     if not prepared:
         return report
 
-    embedder = get_embedder()
     store = get_vector_store()
-    vectors = embedder.embed([picture for _, picture, _ in prepared])
-    store.ensure_active(embedder.model_version, embedder.dim)
-    store.upsert([vector_row(image, vector, embedder.model_version) for (image, _, _), vector in zip(prepared, vectors)])
+    # The active version, read fresh (no TTL): its embedder writes into its own collection by name,
+    # so a batch that straddles an alias swap never mixes models. If the version changed while we
+    # embedded, embed again with the new one (the re-embed's catch-up also covers this).
+    version = runtime.active_version(fresh=True)
+    for _ in range(3):
+        used, embedder = version, get_embedder(version)
+        vectors = embedder.embed([picture for _, picture, _ in prepared])
+        version = runtime.active_version(fresh=True)
+        if version.model_version == used.model_version:
+            break
+    collection = collection_ensure(version=used, dim=embedder.dim)
+    store.upsert([vector_row(image, vector, embedder.model_version)
+                  for (image, _, _), vector in zip(prepared, vectors)], collection=collection)
 
     now = timezone.now()
     for image, _, thumbnail in prepared:
@@ -76,7 +86,7 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
             locked = ProductImage.objects.select_for_update().filter(pk=image.pk).first()
             if locked is None:
                 # Deleted while we embedded it: do not leave its vector behind.
-                store.delete_images([image.pk])
+                runtime.collection_store(collection).delete_images([image.pk])
                 report.missing.append(image.pk)
                 continue
             if locked.thumbnail:
@@ -92,6 +102,30 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
     return report
 
 
+def collection_ensure(*, version, dim: int) -> str:
+    """The collection of `version`, created when missing; the alias is pointed at it when it has none."""
+    store = get_vector_store()
+    name = store.create_collection(version.model_version, dim)
+    if store.active_collection() is None:
+        store.point_alias(name)
+    return name
+
+
+def _kept_stores():
+    """Collections besides the alias that deletes reach (a version being embedded, standby versions)."""
+    from webapp.search.versions import kept_collections
+
+    alias_target = get_vector_store().active_collection()
+    stores = []
+    for name in kept_collections():
+        if name == alias_target:
+            continue
+        store = runtime.collection_store(name)
+        if store.exists():
+            stores.append(store)
+    return stores
+
+
 def images_mark_failed(*, image_ids: list[int], reason_by_id: dict[int, str] | None = None, reason: str = "") -> None:
     for image in ProductImage.objects.filter(pk__in=image_ids):
         image.status = ProductImage.Status.FAILED
@@ -103,6 +137,8 @@ def images_mark_failed(*, image_ids: list[int], reason_by_id: dict[int, str] | N
 
 def image_vectors_remove(*, image_ids: list[int]) -> None:
     get_vector_store().delete_images(image_ids)
+    for store in _kept_stores():  # a rollback or a finishing re-embed must not bring them back
+        store.delete_images(image_ids)
 
 
 def product_vectors_sync(*, product_id: int) -> int:
@@ -113,6 +149,8 @@ def product_vectors_sync(*, product_id: int) -> int:
     product = Product.objects.filter(pk=product_id).first()
     if product is None:
         store.delete_products([product_id])
+        for kept in _kept_stores():
+            kept.delete_products([product_id])
         return 0
     rows = store.rows_for_product(product_id)
     for row in rows:

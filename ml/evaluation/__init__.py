@@ -1,0 +1,1 @@
+"""Retrieval metrics and the street-to-shop evaluation command (plain PyTorch / NumPy, no Django)."""

@@ -1,0 +1,455 @@
+"""Street-to-shop evaluation: exact-item Recall@K of street crops against the shop gallery, per embedding method.
+
+    python -m ml.evaluation.evaluate --size small|full [--visnet DIR] [--visnet-deep-only DIR]
+
+Rows: raw pixels, colour histogram, ImageNet backbone features (the product's current stand-in, Embedder),
+VisNet without its shallow branches, VisNet. Queries are the test split's street items cropped at their
+ground-truth box (+10% context, square); the gallery is the test split's shop images (full size: all 10,000
+Fashion-MNIST test items, same-category distractors included; --gallery all: all 70,000). Category-level
+Precision@10 and mAP@R are leave-one-out over the test shop images. A dimension study reduces the best embedding
+with PCA (fitted on train-split vectors) and compresses it (8-bit scalar quantisation, product quantisation).
+Features are cached under <benchmark root>/features/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ml.data.street2shop import Benchmark, build_benchmark
+from ml.evaluation.metrics import category_metrics, exact_item_ranks, l2_normalise, recall_from_ranks
+
+REPO = Path(__file__).resolve().parents[2]
+KS = (1, 5, 20)
+CURVE_KS = tuple(range(1, 51))
+METHODS = ("pixels", "colour-histogram", "imagenet", "visnet-deep-only", "visnet")
+TITLES = {
+    "pixels": "Raw pixels (grey 28x28)",
+    "colour-histogram": "Colour histogram (HSV 16x4x4)",
+    "imagenet": "ImageNet backbone (Embedder)",
+    "visnet-deep-only": "VisNet, deep branch only",
+    "visnet": "VisNet",
+}
+
+
+# -- embedding methods --------------------------------------------------------------------------------------
+
+class FunctionEmbedder:
+    """A hand-made feature as an embedder: .embed(list[PIL]) -> float32 [N, dim] unit vectors."""
+
+    def __init__(self, fn, dim: int, model_version: str):
+        self.fn, self.dim, self.model_version = fn, dim, model_version
+
+    def embed(self, images) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalise(np.stack([self.fn(image) for image in images]))
+
+
+def pixel_vector(image: Image.Image) -> np.ndarray:
+    """Grey 28x28, mean-centred (so cosine similarity is Pearson correlation)."""
+    grey = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+    return grey - grey.mean()
+
+
+HIST_BINS = (16, 4, 4)
+
+
+def colour_histogram_vector(image: Image.Image) -> np.ndarray:
+    """Joint HSV histogram (16 hue x 4 saturation x 4 value), square-rooted (Hellinger) before L2."""
+    hsv = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR).convert("HSV"))
+    bins = [(hsv[..., c].astype(np.int32) * n) // 256 for c, n in enumerate(HIST_BINS)]
+    flat = (bins[0] * HIST_BINS[1] + bins[1]) * HIST_BINS[2] + bins[2]
+    hist = np.bincount(flat.ravel(), minlength=int(np.prod(HIST_BINS))).astype(np.float32)
+    return np.sqrt(hist / hist.sum())
+
+
+def make_embedder(method: str, args) -> tuple[object | None, str]:
+    """(embedder, note); embedder None means the row is not available ("not trained" and why)."""
+    if method == "pixels":
+        return FunctionEmbedder(pixel_vector, 784, "pixels-28-centred"), ""
+    if method == "colour-histogram":
+        return FunctionEmbedder(colour_histogram_vector, int(np.prod(HIST_BINS)), "hsv-hist-16x4x4-sqrt"), ""
+    if method == "imagenet":
+        from ml.inference.embedder import Embedder
+
+        return Embedder(args.backbone, device=args.device, image_size=args.image_size, batch_size=args.batch_size), ""
+    artifact_dir = args.visnet if method == "visnet" else args.visnet_deep_only
+    if not artifact_dir:
+        return None, f"not trained (no --{method} DIR given)"
+    if not Path(artifact_dir).exists():
+        return None, f"not trained ({artifact_dir} missing)"
+    try:
+        from ml.inference.visnet import load_visnet_embedder
+    except ImportError as error:
+        return None, f"not trained (ml.inference.visnet unavailable: {error})"
+    return load_visnet_embedder(artifact_dir, device=args.device), ""
+
+
+# -- cached features ----------------------------------------------------------------------------------------
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+@dataclass
+class FeatureCache:
+    """Vectors of shop items / street items for one embedder, stored incrementally as .npz (ids + vectors)."""
+
+    benchmark: Benchmark
+    embedder: object
+    method: str
+    context: float = 0.1
+    batch: int = 256
+    progress: bool = True
+    seconds: float = 0.0
+    images: int = 0
+    _memory: dict = field(default_factory=dict)
+
+    def _path(self, kind: str) -> Path:
+        version = _safe(str(getattr(self.embedder, "model_version", self.method)))
+        return self.benchmark.root / "features" / f"{_safe(self.method)}__{version}__{kind}.npz"
+
+    def _get(self, kind: str, ids: np.ndarray, load_images) -> np.ndarray:
+        path = self._path(kind)
+        if kind not in self._memory:
+            if path.exists():
+                stored = np.load(path)
+                self._memory[kind] = dict(zip(stored["ids"].tolist(), stored["vectors"]))
+            else:
+                self._memory[kind] = {}
+        known = self._memory[kind]
+        missing = [int(i) for i in ids if int(i) not in known]
+        if missing:
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(missing), desc=f"{self.method} {kind}", unit="img", file=sys.stderr)
+            for start in range(0, len(missing), self.batch):
+                chunk = missing[start:start + self.batch]
+                images = load_images(chunk)
+                started = time.perf_counter()
+                vectors = np.asarray(self.embedder.embed(images), dtype=np.float32)
+                self.seconds += time.perf_counter() - started
+                self.images += len(images)
+                known.update(zip(chunk, vectors))
+                if bar is not None:
+                    bar.update(len(chunk))
+                if (start // self.batch) % 8 == 7:  # save as we go: an interrupted run resumes
+                    self._save(path, known)
+            if bar is not None:
+                bar.close()
+            self._save(path, known)
+        return np.stack([known[int(i)] for i in ids]) if len(ids) else np.zeros((0, 0), dtype=np.float32)
+
+    @staticmethod
+    def _save(path: Path, known: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        all_ids = np.array(sorted(known), dtype=np.int64)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, ids=all_ids, vectors=np.stack([known[i] for i in all_ids.tolist()]))
+        os.replace(tmp, path)
+
+    def shop(self, indices) -> np.ndarray:
+        return self._get("shop", np.asarray(indices), self.benchmark.shop_images)
+
+    def street(self, item_indices) -> np.ndarray:
+        items = self.benchmark.items
+        return self._get(f"street-ctx{self.context:g}", np.asarray(item_indices),
+                         lambda ids: self.benchmark.street_crops([items[i] for i in ids], context=self.context))
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000 * self.seconds / self.images if self.images else float("nan")
+
+
+# -- dimension study ----------------------------------------------------------------------------------------
+
+def fit_pca(train: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = train.mean(axis=0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    return mean, vt[:dim].T.astype(np.float32)
+
+
+def _faiss_ranks(index, queries: np.ndarray, targets: np.ndarray, k: int = 50) -> np.ndarray:
+    """Rank of each true item in the compressed index's top-k (k when absent)."""
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    hit = found == targets[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), k)
+
+
+def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray,
+                    dims=(512, 256, 128, 64)) -> list[dict]:
+    rows = []
+    full_dim = gallery.shape[1]
+    rows.append({"variant": f"original {full_dim}-d float32", "bytes": 4 * full_dim,
+                 **recall_from_ranks(exact_item_ranks(queries, gallery, targets), KS)})
+    reduced_512 = None
+    for dim in dims:
+        if dim >= full_dim or dim > len(train):
+            continue
+        mean, basis = fit_pca(train, dim)
+        q = l2_normalise((queries - mean) @ basis)
+        g = l2_normalise((gallery - mean) @ basis)
+        if reduced_512 is None:
+            reduced_512 = (dim, q, g, l2_normalise((train - mean) @ basis))
+        rows.append({"variant": f"PCA {dim}-d float32", "bytes": 4 * dim,
+                     **recall_from_ranks(exact_item_ranks(q, g, targets), KS)})
+    if reduced_512 is None:  # the embedding is already small: compress it as it is
+        reduced_512 = (full_dim, queries, gallery, train)
+    try:
+        import faiss
+    except ImportError:
+        rows.append({"variant": "scalar / product quantisation skipped (faiss not installed)"})
+        return rows
+    dim, q, g, t = reduced_512
+    source = f"PCA {dim}-d" if dim != full_dim else f"{dim}-d"
+    sq = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq.train(np.ascontiguousarray(t))
+    sq.add(np.ascontiguousarray(g))
+    rows.append({"variant": f"{source} + 8-bit scalar quantisation", "bytes": dim,
+                 **recall_from_ranks(_faiss_ranks(sq, q, targets), KS)})
+    for m in (64, 32, 16):
+        if dim % m or len(t) < 256:
+            continue
+        pq = faiss.IndexPQ(dim, m, 8, faiss.METRIC_INNER_PRODUCT)
+        pq.train(np.ascontiguousarray(t))
+        pq.add(np.ascontiguousarray(g))
+        rows.append({"variant": f"{source} + PQ {m}x8 bit", "bytes": m,
+                     **recall_from_ranks(_faiss_ranks(pq, q, targets), KS)})
+    if len(t) < 256:
+        rows.append({"variant": f"PQ skipped ({len(t)} training vectors < 256 centroids)"})
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+def machine_description() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+
+
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _ms(value: float) -> str:
+    return "cached" if value is None or np.isnan(value) else f"{value:.2f}"
+
+
+def results_table(rows: list[dict], gallery_size: int) -> list[str]:
+    header = (f"| Method | dim | Recall@1 | Recall@5 | Recall@20 | gallery | P@10 (category) | mAP@R (category) "
+              f"| ms/image |")
+    lines = [header, "|" + "---|" * 9]
+    for row in rows:
+        if row.get("note"):
+            lines.append(f"| {row['title']} | - | {row['note']} | | | {gallery_size:,} | | | |")
+            continue
+        lines.append(f"| {row['title']} | {row['dim']} | {_pct(row['recall'][1])} | {_pct(row['recall'][5])} | "
+                     f"{_pct(row['recall'][20])} | {gallery_size:,} | {_pct(row['category']['precision@10'])} | "
+                     f"{_pct(row['category']['map@r'])} | {_ms(row['ms_per_image'])} |")
+    return lines
+
+
+def study_table(rows: list[dict]) -> list[str]:
+    lines = ["| Variant | bytes / vector | Recall@1 | Recall@5 | Recall@20 |", "|---|---|---|---|---|"]
+    for row in rows:
+        if 1 not in row:
+            lines.append(f"| {row['variant']} | | | | |")
+        else:
+            lines.append(f"| {row['variant']} | {row['bytes']:,} | {_pct(row[1])} | {_pct(row[5])} | {_pct(row[20])} |")
+    return lines
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if row.get("curve"):
+            ax.plot(CURVE_KS, [100 * v for v in row["curve"]], label=row["title"])
+    ax.set_xlabel("K")
+    ax.set_ylabel("exact-item Recall@K (%)")
+    ax.set_xlim(1, CURVE_KS[-1])
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(args) -> dict:
+    started = time.monotonic()
+    benchmark = build_benchmark(args.size, args.seed, args.root, progress=not args.quiet)
+    split = "test"
+    queries = benchmark.query_indices(split)
+    gallery = benchmark.gallery_indices(split, scope=args.gallery)
+    position = {int(shop): i for i, shop in enumerate(gallery)}
+    targets = np.array([position[benchmark.items[i].shop_index] for i in queries], dtype=np.int64)
+    category_set = benchmark.gallery_indices(split)  # the test shop images (full size: all 10k test items)
+    train_items = benchmark.query_indices("train")
+    rng = np.random.default_rng(args.seed)
+    fit_items = np.sort(rng.choice(train_items, min(args.pca_items, len(train_items)), replace=False))
+    fit_shop = np.unique([benchmark.items[i].shop_index for i in fit_items])
+
+    rows, caches = [], {}
+    for method in args.methods:
+        embedder, note = make_embedder(method, args)
+        title = TITLES[method]
+        if embedder is None:
+            rows.append({"method": method, "title": title, "note": note})
+            print(f"{title}: {note}", file=sys.stderr)
+            continue
+        cache = FeatureCache(benchmark, embedder, method, context=args.context, batch=args.batch_size * 4,
+                             progress=not args.quiet)
+        q = cache.street(queries)
+        g = cache.shop(gallery)
+        ranks = exact_item_ranks(q, g, targets)
+        category = category_metrics(cache.shop(category_set), benchmark.shop_labels[category_set], k=10)
+        row = {"method": method, "title": title, "dim": int(q.shape[1]),
+               "model_version": str(getattr(embedder, "model_version", method)),
+               "recall": recall_from_ranks(ranks, KS), "curve": list(recall_from_ranks(ranks, CURVE_KS).values()),
+               "category": category, "ms_per_image": cache.ms_per_image}
+        rows.append(row)
+        caches[method] = cache
+        print(f"{title}: R@1 {_pct(row['recall'][1])}  R@5 {_pct(row['recall'][5])}  R@20 {_pct(row['recall'][20])}"
+              f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}", file=sys.stderr)
+
+    study, best = [], None
+    learned = [r for r in rows if not r.get("note") and r["method"] not in ("pixels", "colour-histogram")]
+    if learned and not args.no_study:
+        best = max(learned, key=lambda r: (r["recall"][1], r["recall"][20]))
+        cache = caches[best["method"]]
+        train = np.concatenate([cache.street(fit_items), cache.shop(fit_shop)])
+        study = dimension_study(train, cache.street(queries), cache.shop(gallery), targets)
+
+    result = {
+        "command": "python -m ml.evaluation.evaluate " + " ".join(args.argv),
+        "benchmark": {"size": benchmark.size, "seed": benchmark.seed, "data_hash": benchmark.data_hash,
+                      "root": str(benchmark.root), "queries": int(len(queries)), "gallery": int(len(gallery)),
+                      "gallery_scope": args.gallery, "category_items": int(len(category_set)),
+                      "pca_fit_vectors": int(len(fit_items) + len(fit_shop))},
+        "settings": {"image_size": args.image_size, "backbone": args.backbone, "context": args.context,
+                     "device": args.device},
+        "machine": machine_description(),
+        "rows": rows,
+        "study_method": best["title"] if best else None,
+        "study": study,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print("\n".join(results_table(rows, len(gallery))))
+    if study:
+        print(f"\nDimension study ({best['title']}):")
+        print("\n".join(study_table(study)))
+    if args.out:
+        write_report(result, Path(args.out), Path(args.plot) if args.plot else None)
+    results_path = benchmark.root / f"results-{args.gallery}.json"
+    results_path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return result
+
+
+def write_report(result: dict, out: Path, plot: Path | None) -> None:
+    bench, machine = result["benchmark"], result["machine"]
+    if plot is not None:
+        plot_curves(result["rows"], plot, f"Street-to-shop proxy ({bench['size']}, seed {bench['seed']}): "
+                                          f"{bench['queries']:,} queries, gallery {bench['gallery']:,}")
+    lines = [
+        "# Street-to-shop evaluation",
+        "",
+        "Generated by `ml/evaluation/evaluate.py`; the benchmark is described in [street2shop.md](street2shop.md).",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+        f"* Benchmark: size `{bench['size']}`, seed {bench['seed']}, data hash `{bench['data_hash'][:16]}`; "
+        f"{bench['queries']:,} test street queries (ground-truth box + {result['settings']['context']:g} context, "
+        f"square) against a gallery of {bench['gallery']:,} shop images ({bench['gallery_scope']}).",
+        f"* Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu']}; torch {machine['torch']}, "
+        f"Python {machine['python']}. Wall time {result['seconds']:.0f} s (features cached afterwards).",
+        f"* ImageNet backbone: `{result['settings']['backbone']}` at {result['settings']['image_size']} px "
+        f"(the product's current Embedder).",
+        "",
+        "## Test split",
+        "",
+        "Exact-item Recall@K: the query's own product among the K nearest gallery images (cosine). Category "
+        f"P@10 and mAP@R (Musgrave et al. 2020): leave-one-out over the {bench['category_items']:,} test shop images.",
+        "",
+        *results_table(result["rows"], bench["gallery"]),
+        "",
+    ]
+    if plot is not None:
+        lines += [f"![Recall@K]({plot.name})", ""]
+    if result["study"]:
+        lines += [
+            f"## Dimension study ({result['study_method']})",
+            "",
+            f"PCA fitted on {bench['pca_fit_vectors']:,} train-split vectors (street crops and their shop images, "
+            "no test data), vectors re-normalised; the 8-bit scalar quantiser and product quantisers (faiss, "
+            "inner product) compress the largest PCA output, as the paper reduced 4096-d to 512-d.",
+            "",
+            *study_table(result["study"]),
+            "",
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small", help="benchmark size: small | full (tiny for tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", type=Path, default=None, help="benchmark root (default var/street2shop/...)")
+    parser.add_argument("--gallery", default="split", choices=("split", "all"),
+                        help="split: the test items (10k on full); all: all 70k Fashion-MNIST items")
+    parser.add_argument("--visnet", default=None, help="VisNet artifact directory")
+    parser.add_argument("--visnet-deep-only", default=None, help="artifact directory of VisNet without shallow branches")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=128, help="input size for the ImageNet backbone")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--context", type=float, default=0.1, help="margin around the ground-truth box")
+    parser.add_argument("--pca-items", type=int, default=1500, help="train street items (plus their shop images) for PCA")
+    parser.add_argument("--no-study", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "docs" / "evaluation.md"), help="markdown report ('' for none)")
+    parser.add_argument("--plot", default=str(REPO / "docs" / "evaluation_recall_at_k.png"))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv=None) -> dict:
+    return evaluate(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

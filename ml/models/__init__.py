@@ -1,0 +1,1 @@
+"""Trainable models (plain PyTorch; importing this never imports ml.training or Django)."""

@@ -1,0 +1,1 @@
+"""VisNet training (never imported by ml.inference or ml.models)."""

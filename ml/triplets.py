@@ -1,0 +1,272 @@
+"""Triplet mining for VisNet (as in the paper), as plain JSONL-serialisable records.
+
+References are strings:
+  "shop:<shop_key>"                 a catalog image (bench.shop_image(index of that key))
+  "street:<split>:<item_index>"     a street crop; item_index indexes bench.items (global), split is
+                                    that item's split (kept for readability and sanity checks)
+
+Catalog triplets: anchor = a shop image, positive = one of its nearest SAME-CLASS neighbours by BISS,
+negatives = far same-class items (in-class) and random other-class items (out-of-class).
+Street triplets: anchor = a street crop, positive = its exact shop item, negatives = the positive's
+nearest same-class catalog neighbours by BISS (hard, in-class) plus random out-of-class items.
+
+Records carry a `status` ("pending" | "approved" | "rejected") so merchandisers can review them;
+training takes all rows or only the approved ones (`load_triplets(path, approved_only=True)`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+STATUSES = ("pending", "approved", "rejected")
+
+
+@dataclass
+class MinedTriplet:
+    anchor: str
+    positive: str
+    negative: str
+    kind: str  # "catalog" | "street"
+    source: str  # which scorer / rule produced it
+    positive_score: float | None = None
+    negative_score: float | None = None
+    negative_kind: str | None = None  # "in_class" | "out_of_class"
+    status: str = "pending"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MinedTriplet":
+        known = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# -- references ------------------------------------------------------------------------------------
+def shop_ref(bench, index: int) -> str:
+    return f"shop:{bench.shop_keys[int(index)]}"
+
+
+def street_ref(bench, item_index: int) -> str:
+    return f"street:{bench.items[int(item_index)].split}:{int(item_index)}"
+
+
+def parse_ref(ref: str) -> tuple[str, str, int | str]:
+    """("shop", "", key) or ("street", split, item_index)."""
+    kind, _, rest = ref.partition(":")
+    if kind == "shop":
+        return "shop", "", rest
+    if kind == "street":
+        split, _, idx = rest.rpartition(":")
+        return "street", split, int(idx)
+    raise ValueError(f"bad image reference {ref!r}")
+
+
+class RefResolver:
+    """Turns references into PIL images (and shop keys into indices) for one benchmark."""
+
+    def __init__(self, bench, context: float = 0.1):
+        self.bench = bench
+        self.context = context
+        self.key_to_index = {k: i for i, k in enumerate(bench.shop_keys)}
+
+    def shop_index(self, ref: str) -> int:
+        kind, _, key = parse_ref(ref)
+        if kind != "shop":
+            raise ValueError(f"{ref} is not a shop reference")
+        return self.key_to_index[key]
+
+    def image(self, ref: str):
+        kind, split, value = parse_ref(ref)
+        if kind == "shop":
+            return self.bench.shop_image(self.key_to_index[value])
+        return self.bench.street_crop(self.bench.items[value], context=self.context)
+
+
+# -- similarity helpers ----------------------------------------------------------------------------
+def _topk_rows(sim: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, sim.shape[1])
+    if k <= 0:
+        return np.zeros((sim.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(sim, part, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(part, order, axis=1)
+
+
+def shop_features_for(bench, indices: Sequence[int], scorer=None, precomputed: dict | None = None) -> np.ndarray:
+    """BISS ensemble features for shop indices (computed with `scorer`, default: cheap scorers, no CNN)."""
+    from ml.biss import default_ensemble
+
+    scorer = scorer or default_ensemble(cnn=False)
+    images = [bench.shop_image(int(i)) for i in indices]
+    if hasattr(scorer, "scorers") and precomputed:
+        return scorer.features(images, precomputed=precomputed)
+    return scorer.features(images)
+
+
+# -- mining ----------------------------------------------------------------------------------------
+def mine_catalog_triplets(
+    bench,
+    split: str = "train",
+    features: np.ndarray | None = None,
+    pool: Sequence[int] | None = None,
+    scorer=None,
+    anchors: int | None = 1000,
+    positives_per_anchor: int = 1,
+    near_k: int = 3,
+    in_class_negatives: int = 1,
+    out_of_class_negatives: int = 1,
+    far_fraction: float = 0.5,
+    seed: int = 0,
+    source: str = "biss-ensemble",
+) -> list[MinedTriplet]:
+    """Catalog triplets among shop items of `split` (or the given `pool` of shop indices).
+
+    `features` ([len(pool), D], L2-normalised rows aligned with `pool`) skips computing BISS features."""
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split), dtype=np.int64)
+    if features is None:
+        features = shop_features_for(bench, pool, scorer)
+    labels = np.asarray(bench.shop_labels)[pool]
+    chosen = np.arange(len(pool)) if anchors is None or anchors >= len(pool) else rng.choice(len(pool), anchors, replace=False)
+    triplets: list[MinedTriplet] = []
+    for cls in np.unique(labels[chosen]):
+        members = np.flatnonzero(labels == cls)
+        others = np.flatnonzero(labels != cls)
+        if len(members) < 3:
+            continue
+        cls_anchors = chosen[labels[chosen] == cls]
+        sim = features[cls_anchors] @ features[members].T
+        self_mask = members[None, :] == cls_anchors[:, None]
+        sim[self_mask] = -np.inf
+        order = np.argsort(-sim, axis=1)
+        n_valid = len(members) - 1
+        far_start = max(near_k, int(n_valid * far_fraction))
+        for row, a in enumerate(cls_anchors):
+            near = order[row, :near_k]
+            far = order[row, far_start:n_valid]
+            if len(far) == 0:
+                continue
+            pos_choice = near[: positives_per_anchor]
+            for p in pos_choice:
+                p_global = members[p]
+                negs = []
+                for n in rng.choice(far, min(in_class_negatives, len(far)), replace=False):
+                    negs.append((members[n], float(sim[row, n]), "in_class"))
+                if len(others):
+                    for n in rng.choice(others, min(out_of_class_negatives, len(others)), replace=False):
+                        negs.append((n, float(features[a] @ features[n]), "out_of_class"))
+                for n_global, n_score, n_kind in negs:
+                    triplets.append(MinedTriplet(
+                        anchor=shop_ref(bench, pool[a]), positive=shop_ref(bench, pool[p_global]),
+                        negative=shop_ref(bench, pool[n_global]), kind="catalog", source=f"{source}:near-vs-{n_kind}",
+                        positive_score=float(sim[row, p]), negative_score=n_score, negative_kind=n_kind,
+                    ))
+    return triplets
+
+
+def mine_street_triplets(
+    bench,
+    split: str = "train",
+    features: np.ndarray | None = None,
+    pool: Sequence[int] | None = None,
+    scorer=None,
+    queries: Sequence[int] | None = None,
+    hard_negatives: int = 3,
+    hard_k: int = 10,
+    out_of_class_negatives: int = 1,
+    seed: int = 0,
+    source: str = "biss-ensemble",
+) -> list[MinedTriplet]:
+    """Street triplets: (street crop, its exact shop item, BISS-nearest same-class other items / random
+    out-of-class items). Negatives are the positive's nearest catalog neighbours in `pool` (default: the
+    split's shop items, positives always included). `queries`: indices into bench.items (default: all
+    items of `split`). `features`: L2-normalised BISS rows aligned with `pool`."""
+    rng = np.random.default_rng(seed)
+    if queries is None:
+        queries = [i for i, item in enumerate(bench.items) if item.split == split]
+    queries = list(queries)
+    if pool is None:
+        pool = np.flatnonzero(np.asarray(bench.shop_split) == split)
+    pool = np.asarray(pool, dtype=np.int64)
+    pos_in_pool = {int(s): j for j, s in enumerate(pool)}
+    missing = [q for q in queries if int(bench.items[q].shop_index) not in pos_in_pool]
+    if missing:
+        raise ValueError(f"{len(missing)} street items have their shop item outside the pool")
+    if features is None:
+        features = shop_features_for(bench, pool, scorer)
+    labels = np.asarray(bench.shop_labels)[pool]
+    triplets: list[MinedTriplet] = []
+    positives = np.array([pos_in_pool[int(bench.items[q].shop_index)] for q in queries], dtype=np.int64)
+    for cls in np.unique(labels[positives]) if len(positives) else []:
+        members = np.flatnonzero(labels == cls)
+        others = np.flatnonzero(labels != cls)
+        rows = np.flatnonzero(labels[positives] == cls)
+        for start in range(0, len(rows), 2048):
+            chunk = rows[start : start + 2048]
+            sim = features[positives[chunk]] @ features[members].T
+            sim[members[None, :] == positives[chunk][:, None]] = -np.inf
+            near = _topk_rows(sim, hard_k)
+            for r, q_row in enumerate(chunk):
+                q = queries[q_row]
+                p = positives[q_row]
+                cand = near[r][np.isfinite(sim[r, near[r]])]
+                picks = cand[: hard_negatives] if hard_negatives <= len(cand) else cand
+                if len(cand) > hard_negatives:
+                    # always the hardest one, the rest sampled from the top-k band
+                    rest = rng.choice(cand[1:], hard_negatives - 1, replace=False) if hard_negatives > 1 else []
+                    picks = np.concatenate([cand[:1], np.asarray(rest, dtype=np.int64)])
+                for n in picks:
+                    triplets.append(MinedTriplet(
+                        anchor=street_ref(bench, q), positive=shop_ref(bench, pool[p]),
+                        negative=shop_ref(bench, pool[members[n]]), kind="street",
+                        source=f"{source}:nn-of-positive", positive_score=1.0,
+                        negative_score=float(sim[r, n]), negative_kind="in_class",
+                    ))
+                if len(others):
+                    for n in rng.choice(others, min(out_of_class_negatives, len(others)), replace=False):
+                        triplets.append(MinedTriplet(
+                            anchor=street_ref(bench, q), positive=shop_ref(bench, pool[p]),
+                            negative=shop_ref(bench, pool[n]), kind="street", source="random:out-of-class",
+                            positive_score=1.0, negative_score=float(features[p] @ features[n]),
+                            negative_kind="out_of_class",
+                        ))
+    return triplets
+
+
+# -- JSONL -----------------------------------------------------------------------------------------
+def save_triplets(triplets: Iterable[MinedTriplet], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        for t in triplets:
+            handle.write(t.to_json() + "\n")
+    return path
+
+
+def load_triplets(path: str | Path, approved_only: bool = False) -> list[MinedTriplet]:
+    """Rows from a JSONL file; with approved_only, only rows whose status is "approved"."""
+    out = []
+    with open(path) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            t = MinedTriplet.from_dict(json.loads(line))
+            if approved_only and t.status != "approved":
+                continue
+            out.append(t)
+    return out
+
+
+def triplets_hash(triplets: Iterable[MinedTriplet]) -> str:
+    h = hashlib.sha256()
+    for t in triplets:
+        h.update(f"{t.anchor}|{t.positive}|{t.negative}|{t.kind}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,139 @@
+"""Retrieval metrics on hand-made vectors with known answers, and the evaluation command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ml.evaluation.metrics import (
+    category_metrics,
+    exact_item_ranks,
+    l2_normalise,
+    neighbours,
+    recall_at_k,
+    recall_from_ranks,
+)
+
+
+def unit(*rows):
+    return l2_normalise(np.array(rows, dtype=np.float32))
+
+
+def test_exact_item_ranks_and_recall():
+    gallery = unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0])
+    queries = unit([1, 0.1, 0], [0, 1, 0.2], [0.9, 1, 0.1])
+    # query 0 -> item 0 is nearest; query 1 -> item 2 is third (after 1 and 3); query 2 -> item 1 is second.
+    ranks = exact_item_ranks(queries, gallery, [0, 2, 1])
+    assert ranks.tolist() == [0, 2, 1]
+    assert recall_at_k(queries, gallery, [0, 2, 1], ks=(1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}
+    assert recall_from_ranks(np.array([0, 4, 19, 20]), ks=(1, 5, 20)) == {1: 0.25, 5: 0.5, 20: 0.75}
+
+
+def test_ties_count_against_the_query():
+    gallery = unit([1, 0], [1, 0], [0, 1])
+    ranks = exact_item_ranks(unit([1, 0]), gallery, [1])
+    assert ranks.tolist() == [1]  # an identical distractor ties: no free Recall@1
+    constant = np.ones((5, 2), dtype=np.float32) / np.sqrt(2)
+    assert recall_at_k(constant[:2], constant, [0, 1], ks=(1,)) == {1: 0.0}
+
+
+def test_chunked_ranks_match_brute_force():
+    rng = np.random.default_rng(0)
+    gallery = l2_normalise(rng.normal(size=(700, 16)))
+    queries = l2_normalise(gallery[:300] + 0.8 * rng.normal(size=(300, 16)))
+    targets = np.arange(300)
+    scores = queries @ gallery.T
+    expected = (scores >= scores[np.arange(300), targets][:, None]).sum(axis=1) - 1
+    assert np.array_equal(exact_item_ranks(queries, gallery, targets, chunk=64), expected)
+    values, indices = neighbours(queries, gallery, 5, chunk=64)
+    assert np.array_equal(indices, np.argsort(-scores, axis=1)[:, :5])
+    assert np.allclose(values, np.sort(scores, axis=1)[:, ::-1][:, :5], atol=1e-5)
+
+
+def test_neighbours_exclude_self():
+    vectors = unit([1, 0], [0.9, 0.1], [0, 1])
+    _, indices = neighbours(vectors, vectors, 2, exclude_self=True, chunk=2)
+    assert indices.tolist() == [[1, 2], [0, 2], [1, 0]]
+
+
+def test_category_metrics_known_answers():
+    # Two perfect clusters: every neighbour within R is relevant.
+    vectors = unit([1, 0], [0.99, 0.05], [0.98, 0.1], [0, 1], [0.05, 0.99], [0.1, 0.98])
+    labels = [0, 0, 0, 1, 1, 1]
+    metrics = category_metrics(vectors, labels, k=2)
+    assert metrics == {"precision@2": 1.0, "map@r": 1.0}
+
+
+def test_map_at_r_penalises_late_hits():
+    # Class 0: A, B, C; class 1: D (R = 0, so D is left out of mAP@R but still counts for precision).
+    # A's neighbours: D, B, C -> within R=2 a miss then a hit: AP@R = (1/2) / 2 = 0.25
+    # B's neighbours: C, D, A -> hit then miss: AP@R = 1/2; C's neighbours: B, D, A -> 1/2.
+    vectors = unit([1, 0], [0.8, 0.6], [0.6, 0.8], [0.95, 0.31])
+    metrics = category_metrics(vectors, [0, 0, 0, 1], k=1)
+    assert metrics["map@r"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    assert metrics["precision@1"] == pytest.approx(0.5)  # B and C hit, A and D miss
+
+
+def test_map_at_r_matches_a_plain_loop():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=60)
+    vectors = l2_normalise(rng.normal(size=(60, 8)) + 1.5 * np.eye(8)[labels])
+    scores = vectors @ vectors.T
+    aps = []
+    for i in range(60):
+        order = [j for j in np.argsort(-scores[i], kind="stable") if j != i]
+        r = int((labels == labels[i]).sum() - 1)
+        hits, total = 0, 0.0
+        for position, j in enumerate(order[:r], start=1):
+            if labels[j] == labels[i]:
+                hits += 1
+                total += hits / position
+        aps.append(total / r)
+    assert category_metrics(vectors, labels)["map@r"] == pytest.approx(np.mean(aps), abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    from ml.evaluation.evaluate import main
+
+    tmp = tmp_path_factory.mktemp("evaluation")
+    argv = ["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
+            "--visnet", str(tmp / "missing-artifacts"), "--out", str(tmp / "evaluation.md"),
+            "--plot", str(tmp / "recall.png")]
+    return tmp, main(argv)
+
+
+def test_evaluate_end_to_end_on_tiny(evaluation):
+    tmp, result = evaluation
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"pixels", "colour-histogram", "imagenet", "visnet-deep-only", "visnet"}
+    for method in ("pixels", "colour-histogram", "imagenet"):
+        row = rows[method]
+        assert 0.0 <= row["recall"][1] <= row["recall"][5] <= row["recall"][20] <= 1.0
+        assert len(row["curve"]) == 50 and row["curve"] == sorted(row["curve"])
+        assert 0.0 <= row["category"]["map@r"] <= 1.0
+    assert rows["visnet"]["note"].startswith("not trained")
+    assert rows["visnet-deep-only"]["note"].startswith("not trained")
+    assert rows["imagenet"]["dim"] == 1280
+    # Category retrieval of shop images by ImageNet features beats chance (10 balanced classes).
+    assert rows["imagenet"]["category"]["precision@10"] > 0.3
+    report = (tmp / "evaluation.md").read_text()
+    assert "Recall@1 | Recall@5 | Recall@20 | gallery" in report and "not trained" in report
+    assert "torch" in report and "cores" in report
+    assert (tmp / "recall.png").stat().st_size > 1000
+    assert result["study"] and result["study"][0]["variant"].startswith("original 1280-d")
+    assert json.loads((tmp / "tiny-seed0" / "results-split.json").read_text())["benchmark"]["size"] == "tiny"
+
+
+def test_features_are_cached(evaluation):
+    tmp, first = evaluation
+    from ml.evaluation.evaluate import main
+
+    second = main(["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
+                   "--methods", "pixels", "imagenet", "--no-study", "--out", ""])
+    rows = {row["method"]: row for row in second["rows"]}
+    assert rows["imagenet"]["recall"] == {k: v for k, v in first["rows"][2]["recall"].items()}
+    assert np.isnan(rows["imagenet"]["ms_per_image"])  # nothing was embedded again
+    assert any(p.name.startswith("imagenet__") for p in (tmp / "tiny-seed0" / "features").iterdir())

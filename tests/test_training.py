@@ -1,0 +1,88 @@
+"""Tiny end-to-end VisNet training: artifacts written, and load_visnet_embedder reproduces training embeddings."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from ml.training.train_visnet import load_config, train
+    from ml.training.synthetic import SyntheticBenchmark
+
+    tmp = tmp_path_factory.mktemp("visnet")
+    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
+        "data": {"cache_dir": str(tmp / "cache")},
+        "model": {"image_size": 32, "deep_size": 32},
+        "train": {"epochs": 2, "threads": 2},
+    })
+    bench = SyntheticBenchmark(n_shop=120, seed=0, queries_per_split={"train": 1.0, "val": 0.5, "test": 0.5})
+    result = train(config, tmp / "artifact", bench=bench, progress=False)
+    return result, bench, tmp
+
+
+def test_artifact_files(trained):
+    result, bench, tmp = trained
+    out = result["out_dir"]
+    for name in ("weights.pt", "config.json", "metrics.json", "data_hash", "training_curves.png", "model_version"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and "recall@20" in metrics["epochs"][0]["val"]
+    assert "test" in metrics["final"] and metrics["final"]["test"]["gallery"] == len(bench.gallery_indices("test"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_version"].startswith("visnet-efficientnet_lite0-64-")
+    assert bench.data_hash in (out / "data_hash").read_text()
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert not any(k.startswith("deep.") for k in state)  # the packaged backbone is not copied
+    assert (out / "weights.pt").stat().st_size < 2_000_000
+
+
+def test_embedder_reproduces_training_embeddings(trained):
+    from ml.inference.visnet import load_visnet_embedder
+    from ml.training.train_visnet import embed_refs
+
+    result, bench, _ = trained
+    embedder = load_visnet_embedder(result["out_dir"], device="cpu")
+    assert embedder.dim == 64 and embedder.model_version == result["model_version"]
+    ev = result["val_eval"]
+    refs = ev.gallery_refs[:4] + ev.query_refs[:4]
+    expected = embed_refs(result["model"], result["cache"], refs, torch.device("cpu")).numpy()
+    images = [bench.shop_image(int(i)) for i in ev.gallery[:4]] + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:4]]
+    got = embedder.embed(images)
+    assert got.shape == (8, 64) and got.dtype == np.float32
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-4)
+    assert np.abs(got - expected).max() < 2e-2
+    assert np.allclose(embedder.embed_one(images[0]), got[0], atol=1e-5)
+
+
+def test_approved_only_triplets_train(trained, tmp_path):
+    from ml.training.train_visnet import load_config, train
+    from ml.triplets import load_triplets, save_triplets
+
+    result, bench, tmp = trained
+    rows = result["triplets"][:40]
+    for i, t in enumerate(rows):
+        t.status = "approved" if i % 2 == 0 else "pending"
+    path = save_triplets(rows, tmp_path / "reviewed.jsonl")
+    approved = load_triplets(path, approved_only=True)
+    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
+        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+        "model": {"image_size": 32, "deep_size": 32}, "train": {"epochs": 1, "threads": 2}})
+    out = train(config, tmp_path / "approved", bench=bench, triplets=approved, triplets_source="approved", progress=False)
+    saved = json.loads((out["out_dir"] / "config.json").read_text())
+    assert saved["triplets"]["count"] == 20 and saved["triplets"]["source"] == "approved"
+
+
+def test_ml_inference_does_not_import_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, ml.inference.visnet, ml.models.visnet; "
+            "bad=[m for m in sys.modules if m.startswith('ml.training') or m.startswith('django')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
