@@ -49,4 +49,5 @@ SIZE ?= small
 VISNET ?= models/visnet-default
 VISNET_DEEP_ONLY ?= models/visnet-deep-only
 evaluate: venv data
-	$(PY) -m ml.evaluation.evaluate --size $(SIZE) --visnet $(VISNET) --visnet-deep-only $(VISNET_DEEP_ONLY)
+	$(PY) -m ml.evaluation.evaluate --size $(SIZE) --visnet $(VISNET) --visnet-deep-only $(VISNET_DEEP_ONLY) \
+	  $(if $(filter full,$(SIZE)),,--out docs/evaluation-$(SIZE).md --plot docs/evaluation_recall_at_k-$(SIZE).png)
