@@ -368,8 +368,9 @@ def run_load(port: int, requests: list[bytes], *, concurrency: int, duration: fl
     }
 
 
-def get_request(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n".encode()
+def get_request(path: str, close: bool = False) -> bytes:
+    extra = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
 
 
 def multipart_request(path: str, field: str, filename: str, content: bytes, content_type: str) -> bytes:
@@ -956,9 +957,13 @@ class Bench:
         warm_ids = warm_ids[: max(10, min(len(warm_ids), fits))]
         warm_requests = [get_request(path.format(i)) for i in warm_ids]
         passes = args.warm_passes
-        log(f"similar WARM: priming {len(warm_ids)} ids x {passes} passes so every gunicorn worker caches them ...")
+        log(f"similar WARM: priming {len(warm_ids)} ids x {passes} passes, a new connection per request so every "
+            f"gunicorn worker caches them ...")
         t_prime = time.monotonic()
-        run_load(self.web_port, warm_requests * passes, concurrency=args.concurrency, duration=args.prime_timeout,
+        # Keep-alive connections stick to one worker, and the measured run opens new ones: prime with a fresh
+        # connection per request so the requests for each id spread over all workers.
+        priming = [get_request(path.format(i), close=True) for i in warm_ids]
+        run_load(self.web_port, priming * passes, concurrency=args.concurrency, duration=args.prime_timeout,
                  procs=args.load_procs, distinct=True)
         prime_s = time.monotonic() - t_prime
         log(f"similar WARM: {args.concurrency} connections for {args.duration:.0f}s over the {len(warm_ids)} "
@@ -1073,7 +1078,7 @@ class Bench:
         phases = [("ingest", self.bench_ingest), ("freshness", self.bench_freshness),
                   ("flush_small", lambda: self.bench_flush("after ingest")),
                   ("milvus_calls_small", lambda: self.bench_milvus_calls("after ingest")), ("scale", self.scale_catalog),
-                  ("flush_large", lambda: self.bench_flush("full catalog")),
+                  ("flush_large", lambda: (self.bench_flush("full catalog"), self.wait_milvus_idle())),
                   ("milvus_calls", lambda: self.bench_milvus_calls("full catalog")),
                   ("similar", self.bench_similar),
                   ("search", self.bench_search)]
@@ -1488,7 +1493,7 @@ def parse_args(argv):
     parser.add_argument("--load-procs", type=int, default=1, help="load-generator processes")
     parser.add_argument("--warm-set", type=int, default=200, help="ids in the warm (cached) set")
     parser.add_argument("--warm-passes", type=int, default=None, help="priming passes over the warm set "
-                        "(default: 3 x gunicorn workers)")
+                        "(default: 4 x gunicorn workers)")
     parser.add_argument("--prime-timeout", type=float, default=90.0, help="max seconds to prime the warm set")
     parser.add_argument("--search-requests", type=int, default=100)
     parser.add_argument("--search-concurrency", type=int, default=4)
@@ -1531,7 +1536,7 @@ def parse_args(argv):
     if args.only:
         args.no_report = True
     if args.warm_passes is None:
-        args.warm_passes = 3 * args.web_workers
+        args.warm_passes = 4 * args.web_workers
     if args.ingest_timeout is None:
         args.ingest_timeout = 60 + 0.5 * args.ingest
     if not 1 <= args.ingest <= 70_000:
