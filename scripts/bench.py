@@ -592,9 +592,6 @@ class Bench:
         self.web_port = free_port()
         log_path = self.logs / "gunicorn.log"
         env = dict(self.env, LOG_LEVEL="WARNING")
-        if self.args.stub_api:
-            env["DJANGO_SETTINGS_MODULE"] = "bench_stub_settings"
-            env["PYTHONPATH"] = f"{ROOT / 'scripts'}:{ROOT}"
         if self.args.web_torch_threads:
             env["TORCH_NUM_THREADS"] = str(self.args.web_torch_threads)
         argv = [str(VENV_BIN / "gunicorn"), "webapp.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}",
@@ -606,8 +603,7 @@ class Bench:
         wait_for_port(self.web_port, 90, process, log_path)
         self.sessions["gunicorn"] = process.pid
         self.web = process
-        log(f"gunicorn on 127.0.0.1:{self.web_port}: {self.args.web_workers} workers x {self.args.threads} threads"
-            + (" (STUB API)" if self.args.stub_api else ""))
+        log(f"gunicorn on 127.0.0.1:{self.web_port}: {self.args.web_workers} workers x {self.args.threads} threads")
 
     def setup_django(self):
         os.environ.update(self.env)
@@ -922,8 +918,7 @@ class Bench:
     def check_api(self, product_id: int):
         status, body = http_call(self.web_port, get_request(f"/api/products/{product_id}/similar/?k=12"))
         if status != 200:
-            hint = "" if self.args.stub_api else " (is webapp/api wired yet? --stub-api tests against a stand-in)"
-            raise BenchError(f"GET /api/products/{product_id}/similar/ -> {status}{hint}: {body[:300]!r}")
+            raise BenchError(f"GET /api/products/{product_id}/similar/ -> {status}: {body[:300]!r}")
         payload = json.loads(body)
         if not isinstance(payload.get("results"), list) or not payload["results"]:
             raise BenchError(f"similar response has no results: {body[:300]!r}")
@@ -1249,7 +1244,8 @@ def limits_section(r: dict, args) -> list[str]:
         text += (f"But between tasks the worker sits idle for p50 {fmt(ing.get('gap_p50_s'), '.2f')} s — "
                  f"{idle * 100:.0f}% of the time — although work is queued: with the filesystem broker Celery runs its "
                  f"blocking loop (`drain_events(timeout=2.0)`), and with acks_late + prefetch 1 the next message is "
-                 f"only fetched after the previous ack is processed at the end of that 2 s cycle. ")
+                 f"only fetched after the previous ack is processed at the end of that 2 s cycle "
+                 f"(`scripts/bench.py --worker-prefetch 2` measures the worker without that gap). ")
     text += (f"The embedding itself is CPU-bound: on {cores} cores more worker processes would split the same CPU; "
              f"a smaller input (EMBEDDER_IMAGE_SIZE=160) or a GPU worker is what raises images/s.")
     out.append(text)
@@ -1522,10 +1518,9 @@ def parse_args(argv):
     parser.add_argument("--var-dir", default=str(ROOT / "var" / "bench"))
     parser.add_argument("--keep", action="store_true", help="do not wipe --var-dir first")
     parser.add_argument("--only", default="", help="comma-separated phases to run (ingest always runs): "
-                        "freshness, flush_small, scale, flush_large, milvus_calls, similar, search; implies --no-report")
+                        "freshness, flush_small, milvus_calls_small, scale, flush_large, milvus_calls, similar, search; "
+                        "implies --no-report")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md and the PNG")
-    parser.add_argument("--stub-api", action="store_true", help="serve the two API endpoints from "
-                        "scripts/bench_stub_urls.py (to test this script before webapp/api exists)")
     args = parser.parse_args(argv)
     if args.quick:
         defaults = {"ingest": 300, "catalog": 5000, "duration": 5.0, "search_requests": 30, "fresh_trials": 3,

@@ -15,6 +15,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+RELEASED_COLLECTION = re.compile(r"Collection '([^']+)' is in state 'released'")
 OUTPUT_FIELDS = ["product_id", "category_id", "price", "in_stock", "model_version"]
 
 
@@ -81,16 +82,27 @@ class MilvusVectorStore:
                     raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable: {exc}") from exc
             return self._client
 
-    def _call(self, method: str, *args, **kwargs):
+    def _invoke(self, method: str, *args, **kwargs):
+        """Call the client; a collection the server restarted with is released: load it and retry once."""
         try:
             return getattr(self.client, method)(*args, **kwargs)
+        except MilvusException as exc:
+            released = RELEASED_COLLECTION.search(str(exc))
+            if released is None:
+                raise
+            self.client.load_collection(released.group(1))
+            return getattr(self.client, method)(*args, **kwargs)
+
+    def _call(self, method: str, *args, **kwargs):
+        try:
+            return self._invoke(method, *args, **kwargs)
         except MilvusException as exc:
             raise VectorStoreUnavailable(f"Milvus {method} failed: {exc}") from exc
 
     def _read(self, method: str, *args, empty, **kwargs):
         """A read on the alias; before the first vector is ingested there is no collection: empty result."""
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            return self._invoke(method, *args, **kwargs)
         except MilvusException as exc:
             if "does not exist" in str(exc) and self.active_collection() is None:
                 return empty
