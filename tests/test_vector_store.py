@@ -32,3 +32,14 @@ def test_filters_compose_into_one_expression():
 @pytest.mark.parametrize("flag", [True, False])
 def test_stock_filter_renders_booleans(flag):
     assert SearchFilters(in_stock=flag).expression() == f"in_stock == {'true' if flag else 'false'}"
+
+
+def test_pinned_collection_reads_survive_a_released_collection(vector_store):
+    from webapp.search.runtime import collection_store
+
+    name = vector_store.create_collection("restart-pinned", dim=4)
+    vector_store.upsert([{"image_id": 7, "product_id": 7, "category_id": 1, "price": 1.0, "in_stock": True,
+                          "model_version": "restart-pinned", "vector": [0.0, 0.0, 1.0, 0.0]}], collection=name)
+    vector_store.client.release_collection(name)
+    hits = collection_store(name).search(np.array([0.0, 0.0, 1.0, 0.0]), limit=1)[0]
+    assert [hit.product_id for hit in hits] == [7]

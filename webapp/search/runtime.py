@@ -175,7 +175,7 @@ class CollectionStore(MilvusVectorStore):
 
     def _read(self, method: str, *args, empty, **kwargs):
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            return self._invoke(method, *args, **kwargs)
         except MilvusException as exc:
             try:
                 missing = not self.client.has_collection(self.alias)
