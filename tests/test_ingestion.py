@@ -8,7 +8,7 @@ import pytest
 from celery import Celery
 from django.conf import settings as django_settings
 
-from tests.conftest import free_port, image_bytes, require_service, start_worker, stop_worker, wait_until
+from tests.conftest import free_port, require_service, start_worker, stop_worker, wait_until
 from webapp.catalog import services
 from webapp.catalog.images import InvalidImage
 from webapp.catalog.models import Product, ProductImage

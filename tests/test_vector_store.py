@@ -43,3 +43,14 @@ def test_pinned_collection_reads_survive_a_released_collection(vector_store):
     vector_store.client.release_collection(name)
     hits = collection_store(name).search(np.array([0.0, 0.0, 1.0, 0.0]), limit=1)[0]
     assert [hit.product_id for hit in hits] == [7]
+
+
+def test_vectors_are_fetched_by_image_id(vector_store):
+    name = vector_store.create_collection("by-id", dim=4)
+    vector_store.point_alias(name)
+    vector_store.upsert([{"image_id": i, "product_id": 1, "category_id": 1, "price": 1.0, "in_stock": True,
+                          "model_version": "by-id", "vector": np.eye(4)[i].tolist()} for i in range(3)])
+    vectors = vector_store.vectors_for_images([0, 2, 99])
+    assert vectors.shape == (2, 4)
+    assert sorted(int(np.argmax(v)) for v in vectors) == [0, 2]
+    assert vector_store.vectors_for_images([]).shape[0] == 0

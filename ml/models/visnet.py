@@ -12,7 +12,7 @@ S = image_size, produced by `preprocess_image`. The model normalises internally.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 
@@ -43,10 +42,9 @@ def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = 
     cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filter_digest}"
     cached = cache.get(cache_key)
     if cached is None:
-        rows = store.rows_for_product(product.pk)
-        if not rows:
+        vectors = store.vectors_for_images(list(product.images.values_list("pk", flat=True)))
+        if len(vectors) == 0:
             return []
-        vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
         hits = best_per_product(store.search(vectors, _overfetch(k), filters), k)
         cached = [(h.product_id, h.score) for h in hits]
         cache.set(cache_key, cached, settings.SIMILAR_PRODUCTS_CACHE_SECONDS)

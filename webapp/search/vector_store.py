@@ -185,6 +185,17 @@ class MilvusVectorStore:
         fields = ["image_id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
         return self._read("query", self.alias, filter=f"product_id == {int(product_id)}", output_fields=fields, empty=[])
 
+    def vectors_for_images(self, image_ids: list[int]) -> np.ndarray:
+        """Vectors of the given images (those indexed), fetched by primary key.
+
+        A primary-key get stays ~2 ms at 100k rows on Milvus Lite, where a filter on product_id scans
+        every row (218 ms measured by make bench).
+        """
+        if not image_ids:
+            return np.zeros((0, 0), dtype=np.float32)
+        rows = self._read("get", self.alias, ids=[int(i) for i in image_ids], output_fields=["vector"], empty=[])
+        return np.asarray([row["vector"] for row in rows], dtype=np.float32)
+
     def count(self, collection: str | None = None) -> int:
         result = self._read("query", collection or self.alias, filter="", output_fields=["count(*)"],
                             empty=[{"count(*)": 0}])
