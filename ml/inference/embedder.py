@@ -51,6 +51,31 @@ def load_pretrained_backbone(name: str, num_classes: int = 0) -> torch.nn.Module
     return model.eval()
 
 
+def embed_in_batches(
+    images: Sequence[Image.Image],
+    *,
+    preprocess,
+    model: torch.nn.Module,
+    device: torch.device,
+    batch_size: int,
+    dim: int,
+    lock: threading.Lock,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Run `model` over preprocessed images in batches; float32 [N, dim] L2-normalised rows."""
+    if len(images) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([preprocess(img) for img in images[start : start + batch_size]]).to(device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with lock, torch.inference_mode():
+            features = model(batch)
+        chunks.append(torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
 class Embedder:
     """Pooled backbone features, L2-normalised. `model_version` names what made every vector."""
 
@@ -76,18 +101,16 @@ class Embedder:
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return float32 [N, dim] unit vectors for RGB PIL images."""
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.transform(img.convert("RGB")) for img in images[start : start + self.batch_size]])
-            batch = batch.to(self.device)
-            if self.device.type == "cpu":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with self._lock, torch.inference_mode():
-                features = self.model(batch)
-            chunks.append(torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy())
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        return embed_in_batches(
+            images,
+            preprocess=lambda img: self.transform(img.convert("RGB")),
+            model=self.model,
+            device=self.device,
+            batch_size=self.batch_size,
+            dim=self.dim,
+            lock=self._lock,
+            channels_last=self.device.type == "cpu",
+        )
 
     def embed_one(self, image: Image.Image) -> np.ndarray:
         return self.embed([image])[0]

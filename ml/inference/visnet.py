@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml.inference.embedder import resolve_device
+from ml.inference.embedder import embed_in_batches, resolve_device
 from ml.models.visnet import VisNet, VisNetConfig, preprocess_image
 
 
@@ -42,16 +42,8 @@ class VisNetEmbedder:
         return preprocess_image(image, self.image_size)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(img) for img in images[start : start + self.batch_size]])
-            batch = batch.to(self.device)
-            with self._lock, torch.inference_mode():
-                emb = self.model(batch)
-            chunks.append(torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy())
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        return embed_in_batches(images, preprocess=self.preprocess, model=self.model, device=self.device,
+                                batch_size=self.batch_size, dim=self.dim, lock=self._lock)
 
     def embed_one(self, image: Image.Image) -> np.ndarray:
         return self.embed([image])[0]
