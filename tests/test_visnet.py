@@ -121,3 +121,17 @@ def test_batch_triplet_loss_uses_in_batch_negatives():
     # the same image as the positive elsewhere in the batch is never a negative
     same = torch.tensor([10, 11, 10, 11])
     assert float(batch_triplet_loss(a, cand, same[:2], same, margin=2.5)) == pytest.approx(0.5)
+
+
+def test_resnet_shallow_branches_keep_a_grid_and_train():
+    net = VisNet(VisNetConfig(**{**SMALL, "image_size": 128}, shallow_arch="resnet", shallow_grey=True,
+                              shallow_grid=4))
+    four, eight = net.shallow_branches
+    # 32 px: 8 -> 16 -> 32 -> 64 channels at 16/8/4 px; 16 px: 8 -> 16 -> 32 at 8/4 px
+    assert (four.input_size, four.out_dim) == (32, 64 * 16) and (eight.input_size, eight.out_dim) == (16, 32 * 16)
+    x = torch.rand(4, 3, 128, 128)
+    emb = net(x)
+    assert emb.shape == (4, 32) and torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+    emb.sum().backward()
+    assert four.body[0].weight.grad is not None and float(four.body[0].weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in net.deep.parameters())  # the deep branch stays frozen

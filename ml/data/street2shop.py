@@ -36,7 +36,7 @@ from PIL import Image, ImageFilter
 from ml.data.backgrounds import LICENSES, load_background, split_backgrounds
 from ml.data.fashion_mnist import load_fashion_mnist
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PHOTO_SIZE = 320
 ITEM_SIDE = (40, 160)
 MAX_ROTATION = 25.0
@@ -46,11 +46,12 @@ N_TEST_SHOP = 10_000  # shop indices [0, 10000) are Fashion-MNIST test, [10000, 
 N_VAL_POOL = 6_000  # Fashion-MNIST train items reserved for val (the rest are the train pool)
 
 # street items per split and the gallery size per split (None: the split's whole pool,
-# i.e. all 10,000 Fashion-MNIST test items for test).
+# i.e. all 10,000 Fashion-MNIST test items for test). train_extra: more train street items, drawn from the
+# whole train pool by a separate random stream after everything else, so val and test stay exactly the same.
 SIZES = {
     "tiny": {"train": 48, "val": 24, "test": 32, "gallery": 160},  # for unit tests
     "small": {"train": 1_000, "val": 200, "test": 200, "gallery": 1_000},
-    "full": {"train": 20_000, "val": 2_000, "test": 3_000, "gallery": None},
+    "full": {"train": 20_000, "val": 2_000, "test": 3_000, "gallery": None, "train_extra": 60_000},
 }
 ITEMS_PER_PHOTO = ((1, 2, 3), (0.45, 0.35, 0.20))
 
@@ -148,6 +149,10 @@ class Benchmark:
                 raise ValueError(f"{self.photo_path(index)} changed")
 
 
+class StaleBenchmarkError(ValueError):
+    """The benchmark on disk was built by an older version of this module."""
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -203,6 +208,15 @@ def _plan(size: str, seed: int, n_shop: int) -> dict:
         while todo:
             k = int(rng.choice(ITEMS_PER_PHOTO[0], p=ITEMS_PER_PHOTO[1]))
             photos.append((split, todo[:k]))
+            todo = todo[k:]
+    extra = int(config.get("train_extra", 0))
+    if extra:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E47]))
+        rounds = -(-extra // len(galleries["train"]))
+        todo = [int(i) for i in np.concatenate([rng.permutation(galleries["train"]) for _ in range(rounds)])[:extra]]
+        while todo:
+            k = int(rng.choice(ITEMS_PER_PHOTO[0], p=ITEMS_PER_PHOTO[1]))
+            photos.append(("train", todo[:k]))
             todo = todo[k:]
     return {"pools": pools, "galleries": galleries, "photos": photos}
 
@@ -405,7 +419,10 @@ def build_benchmark(size: str = "small", seed: int = 0, root: Path | None = None
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     root = Path(root) if root is not None else default_root(size, seed)
     if not rebuild and (root / "data_hash.txt").exists():
-        return load_benchmark(root, size=size, seed=seed)
+        try:
+            return load_benchmark(root, size=size, seed=seed)
+        except StaleBenchmarkError:
+            rebuild = True
     pixels, labels, keys = load_shop()
     plan = _plan(size, seed, len(pixels))
     backgrounds = split_backgrounds(seed)
@@ -482,7 +499,7 @@ def load_benchmark(root: Path, size: str | None = None, seed: int | None = None,
     text = (root / "annotations.json").read_bytes()
     data = json.loads(text)
     if data["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{root}: format {data['format_version']}, expected {FORMAT_VERSION}; rebuild it")
+        raise StaleBenchmarkError(f"{root}: format {data['format_version']}, expected {FORMAT_VERSION}; rebuild it")
     if (size is not None and data["size"] != size) or (seed is not None and data["seed"] != seed):
         raise ValueError(f"{root} holds size={data['size']} seed={data['seed']}, not size={size} seed={seed}")
     data_hash = (root / "data_hash.txt").read_text().strip()

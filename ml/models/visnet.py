@@ -34,7 +34,7 @@ class VisNetConfig:
     shallow_channels: int = 96
     shallow_depth: int = 1  # 1 = the paper's single conv + max-pool; 2 adds a 3x3 conv
     shallow_grid: int = 4  # spatial grid kept after pooling (flattened, as in the paper)
-    shallow_arch: str = "paper"  # "paper": one big strided conv (+ depth-1 3x3 convs); "cnn": a small conv stack
+    shallow_arch: str = "paper"  # "paper": one big strided conv (+ depth-1 3x3 convs); "cnn" / "resnet": conv stacks
     shallow_grey: bool = False  # feed the shallow branches luminance only (street colours are arbitrary)
     vgg16_weights: str | None = None  # path to torchvision VGG16 weights (required for backbone="vgg16")
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -116,8 +116,28 @@ def _vgg16_skeleton() -> tuple[nn.Module, int]:
     return model, 4096
 
 
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn_relu(channels, channels),
+                                  nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
 class ShallowBranch(nn.Module):
-    """Downsample by `factor`, one strided conv (+ optional 3x3 conv), max-pool, keep a small grid, flatten."""
+    """Downsample by `factor`, then a few convolutions that keep a small spatial grid, flattened.
+
+    arch "paper": one strided conv (+ optional 3x3 convs) and max-pool, as in the VisNet paper;
+    "cnn": a small conv stack; "resnet": a stem then (stride-2 conv + residual block) stages, channels
+    doubling, until the grid side is reached - still shallow next to the deep branch, but enough to tell
+    one garment from the next same-category one at 32 px."""
 
     def __init__(self, factor: int, channels: int, depth: int, grid: int, image_size: int, arch: str = "paper",
                  grey: bool = False):
@@ -126,6 +146,16 @@ class ShallowBranch(nn.Module):
         self.grey = grey
         self.input_size = max(8, image_size // factor)
         in_ch = 1 if grey else 3
+        if arch == "resnet":
+            layers = _conv_bn_relu(in_ch, channels) + _conv_bn_relu(channels, channels)
+            width, side = channels, self.input_size
+            while side > grid:
+                layers += _conv_bn_relu(width, 2 * width, 2) + [_Residual(2 * width)]
+                width, side = 2 * width, (side + 1) // 2
+            self.body = nn.Sequential(*layers)
+            self.grid = grid
+            self.out_dim = width * grid * grid
+            return
         if arch == "cnn" and factor <= 4:
             c1, c2, c3 = max(8, channels // 4), max(16, channels // 2), channels
             def block(i, o, stride=1):
@@ -155,7 +185,9 @@ class ShallowBranch(nn.Module):
             images = images.mean(dim=1, keepdim=True)
             # per-image contrast normalisation: street lighting and colours vary, the shop image is grey on white
             images = (images - images.mean(dim=(2, 3), keepdim=True)) / (images.std(dim=(2, 3), keepdim=True) + 0.05)
-        x = self.body(images)
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = self.body(images).float()
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1) if x.shape[-1] > 2 * self.grid else x
         x = F.adaptive_max_pool2d(x, self.grid)
         return F.normalize(x.flatten(1), dim=1)

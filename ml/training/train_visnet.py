@@ -78,6 +78,7 @@ DEFAULTS: dict = {
         "threads": None,
         "time_budget_s": None,
         "max_steps_per_epoch": None,
+        "cpu_bf16": "auto",  # bfloat16 autocast on CPUs that support it (features cache and training steps)
         "class_batches": False,  # batches drawn from one class at a time
         "batch_negatives": False,  # every other image in the batch is a negative too (batch-all triplet hinge)
     },
@@ -108,6 +109,20 @@ def resolve_device(name: str) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_bf16_supported() -> bool:
+    """bfloat16 matmuls/convolutions are fast on this CPU (AVX512-BF16 / AMX): about 2x for training here."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(device: torch.device, cpu_bf16: bool):
+    if device.type == "cuda":
+        return torch.autocast("cuda")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,14 +162,15 @@ class FeatureCache:
     the preprocessing, so a different benchmark or model config never reuses stale rows."""
 
     def __init__(self, model: VisNet, bench, resolver: RefResolver, cache_dir: Path | None, device: torch.device,
-                 batch_size: int = 128, progress: bool = True):
+                 batch_size: int = 128, progress: bool = True, cpu_bf16: bool = False):
+        self.cpu_bf16 = cpu_bf16
         self.model, self.bench, self.resolver = model, bench, resolver
         self.device, self.batch_size, self.progress = device, batch_size, progress
         cfg = model.config
         self.small_size = max(8, cfg.image_size // min(cfg.shallow_factors)) if cfg.shallow_factors else cfg.image_size // 4
         self.cache_dir = Path(cache_dir) if cache_dir else None
         ident = json.dumps([bench.data_hash, cfg.backbone, cfg.image_size, cfg.deep_size, list(cfg.mean),
-                            list(cfg.std), self.small_size, resolver.context, 2], sort_keys=True)
+                            list(cfg.std), self.small_size, resolver.context, 2, cpu_bf16], sort_keys=True)
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
         self.rows: dict[str, int] = {}
         self.deep_chunks: list[np.ndarray] = []
@@ -187,7 +203,7 @@ class FeatureCache:
         for start in range(0, len(refs), self.batch_size):
             chunk = refs[start : start + self.batch_size]
             batch = torch.stack([preprocess_image(img, size) for img in self._images(chunk)]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            with autocast_for(self.device, self.cpu_bf16):
                 feats = self.model.deep_features(batch)
             deep.append(feats.float().cpu().numpy().astype(np.float16))
             small.append(F.adaptive_avg_pool2d(batch, self.small_size).cpu().numpy().astype(np.float16))
@@ -423,7 +439,11 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     bench = bench if bench is not None else load_bench(data_cfg, progress)
     resolver = RefResolver(bench, context=float(data_cfg["context"]))
     cache_dir = data_cfg.get("cache_dir") or (Path(os.environ.get("VAR_DIR") or ROOT / "var") / "visnet-cache")
-    cache = FeatureCache(model, bench, resolver, cache_dir, device, batch_size=256 if cuda else 128, progress=progress)
+    cpu_bf16 = not cuda and train_cfg.get("cpu_bf16", "auto") in ("auto", True) and cpu_bf16_supported()
+    if not cuda:
+        model = model.to(memory_format=torch.channels_last)
+    cache = FeatureCache(model, bench, resolver, cache_dir, device, batch_size=256 if cuda else 128, progress=progress,
+                         cpu_bf16=cpu_bf16)
     if last_blocks:
         raise NotImplementedError("online deep-branch training is not wired yet: use train_last_blocks: 0")
 
@@ -551,7 +571,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
                 small[:b] = torch.where(street_anchor[:, None, None, None], augment_small(anchors, 0.5),
                                         augment_small(anchors, 1.0))
                 small[b:] = augment_small(small[b:], 0.25)
-            with torch.autocast(device.type, enabled=cuda):
+            with autocast_for(device, cpu_bf16):
                 emb = model.forward_from_deep_features(deep, small)
             emb = emb.float()
             if train_cfg.get("batch_negatives"):
@@ -608,6 +628,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     resolved["model"] = model_cfg.to_dict()
     resolved["model_version"] = model_version
     resolved["train"]["device_used"] = str(device)
+    resolved["train"]["cpu_bf16_used"] = cpu_bf16
     resolved["train"]["train_last_blocks"] = last_blocks
     resolved["triplets"] = {"source": triplets_source, "count": len(triplets), "street": len(street_all),
                             "catalog": len(catalog_all), "hash": trip_hash}
