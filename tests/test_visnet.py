@@ -1,5 +1,6 @@
 """VisNet model: shapes, unit norm, shallow branches on/off, triplet loss, frozen-backbone gradients."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -135,3 +136,39 @@ def test_resnet_shallow_branches_keep_a_grid_and_train():
     emb.sum().backward()
     assert four.body[0].weight.grad is not None and float(four.body[0].weight.grad.abs().sum()) > 0
     assert all(p.grad is None for p in net.deep.parameters())  # the deep branch stays frozen
+
+
+def test_batch_triplet_loss_hardest_negative_only():
+    from ml.training.train_visnet import batch_triplet_loss
+
+    a = torch.tensor([[1.0, 0.0]])
+    cand = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # positive, a far (d=2) and a near (d=0.8) negative
+    rows = torch.tensor([0, 1, 2])
+    # margin 2.5: terms 0.5 and 1.7
+    assert float(batch_triplet_loss(a, cand, rows[:1], rows, margin=2.5)) == pytest.approx(1.1)
+    assert float(batch_triplet_loss(a, cand, rows[:1], rows, margin=2.5, hardest=True)) == pytest.approx(1.7)
+
+
+@pytest.mark.parametrize("name", ["visnet-default", "visnet-deep-only"])
+def test_committed_artifacts_serve(name):
+    """The artifacts `make run` and `make evaluate` use load through the serving path and embed."""
+    import json
+    from pathlib import Path
+
+    from ml.inference.visnet import load_visnet_embedder
+
+    artifact = Path(__file__).resolve().parents[1] / "models" / name
+    embedder = load_visnet_embedder(artifact, device="cpu")
+    config = json.loads((artifact / "config.json").read_text())
+    assert embedder.model_version == (artifact / "model_version").read_text().strip() == config["model_version"]
+    metrics = json.loads((artifact / "metrics.json").read_text())
+    assert metrics["model_version"] == embedder.model_version
+    from ml.data.fashion_mnist import load_fashion_mnist
+
+    pixels, labels = load_fashion_mnist("test")
+    first = 0
+    other = int(np.flatnonzero(labels != labels[first])[0])
+    item = Image.fromarray(255 - pixels[first]).convert("RGB")  # as the catalog shows it
+    vectors = embedder.embed([item, item.rotate(10, fillcolor="white"), Image.fromarray(255 - pixels[other]).convert("RGB")])
+    assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(axis=1).mean()) - 1) < 1e-4
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # a rotated view beats another garment

@@ -351,6 +351,7 @@ def evaluate(args) -> dict:
         study = dimension_study(train, cache.street(queries), cache.shop(gallery), targets)
 
     result = {
+        "training": training_summary(args.visnet) if "visnet" in args.methods else None,
         "command": "python -m ml.evaluation.evaluate " + " ".join(args.argv),
         "benchmark": {"size": benchmark.size, "seed": benchmark.seed, "data_hash": benchmark.data_hash,
                       "root": str(benchmark.root), "queries": int(len(queries)), "gallery": int(len(gallery)),
@@ -373,6 +374,48 @@ def evaluate(args) -> dict:
     results_path = benchmark.root / f"results-{args.gallery}.json"
     results_path.write_text(json.dumps(result, indent=1, default=float) + "\n")
     return result
+
+
+def training_summary(artifact_dir) -> dict | None:
+    """How the evaluated VisNet artifact was trained, from its metrics.json and config.json."""
+    if not artifact_dir:
+        return None
+    artifact = Path(artifact_dir)
+    try:
+        metrics = json.loads((artifact / "metrics.json").read_text())
+        config = json.loads((artifact / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"artifact": str(artifact), "model_version": metrics.get("model_version"),
+            "device": metrics.get("device"), "threads": metrics.get("torch_threads"),
+            "bf16": config.get("train", {}).get("cpu_bf16_used"), "timings": metrics.get("timings", {}),
+            "triplets": config.get("triplets", {}),
+            "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "triplets": e.get("triplets"),
+                        **{k: e["val"][k] for k in ("recall@1", "recall@5", "recall@20")}}
+                       for e in metrics.get("epochs", [])],
+            "val_gallery": (metrics.get("final", {}).get("val") or {}).get("gallery")}
+
+
+def training_lines(training: dict) -> list[str]:
+    timings = training["timings"]
+    triplets = training["triplets"]
+    lines = [
+        "## Training (VisNet)",
+        "",
+        f"`{training['model_version']}` from `{training['artifact']}` (its `metrics.json`, `config.json`, "
+        f"`training_curves.png`): device `{training['device']}`, {training['threads']} torch threads, "
+        f"bfloat16 autocast: {bool(training['bf16'])}; {triplets.get('count', 0):,} mined triplets "
+        f"({triplets.get('street', 0):,} street, {triplets.get('catalog', 0):,} catalog, source "
+        f"`{triplets.get('source', '?')}`). Timings (s): "
+        + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items()) + ".",
+        "",
+        f"| epoch | triplets | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in training["epochs"]:
+        lines.append(f"| {e['epoch']} | {e['triplets'] or 0:,} | {e['loss']:.4f} | {_pct(e['recall@1'])} | "
+                     f"{_pct(e['recall@5'])} | {_pct(e['recall@20'])} |")
+    return lines + [""]
 
 
 def write_report(result: dict, out: Path, plot: Path | None) -> None:
@@ -407,6 +450,8 @@ def write_report(result: dict, out: Path, plot: Path | None) -> None:
     ]
     if plot is not None:
         lines += [f"![Recall@K]({plot.name})", ""]
+    if result.get("training"):
+        lines += training_lines(result["training"])
     if result["study"]:
         lines += [
             f"## Dimension study ({result['study_method']})",

@@ -81,6 +81,8 @@ DEFAULTS: dict = {
         "cpu_bf16": "auto",  # bfloat16 autocast on CPUs that support it (features cache and training steps)
         "class_batches": False,  # batches drawn from one class at a time
         "batch_negatives": False,  # every other image in the batch is a negative too (batch-all triplet hinge)
+        "negatives": "all",  # with batch_negatives: "all" active in-batch negatives, or each anchor's "hardest"
+        "symmetric": False,  # with batch_negatives: also the shop image as anchor against the batch's street crops
     },
 }
 
@@ -378,15 +380,19 @@ def remine_street(model, cache, bench, street: list[MinedTriplet], pool: np.ndar
 
 
 def batch_triplet_loss(anchors: torch.Tensor, candidates: torch.Tensor, positive_rows: torch.Tensor,
-                       candidate_rows: torch.Tensor, margin: float) -> torch.Tensor:
-    """Triplet hinge on squared distances, max(0, m + ||a-p||^2 - ||a-n||^2), over every anchor and every
-    negative in the batch: candidates = [positives; mined negatives]; anchor i's positive is candidates[i];
-    every candidate that is not the same image as that positive is a negative. Mean over the active terms."""
+                       candidate_rows: torch.Tensor, margin: float, hardest: bool = False) -> torch.Tensor:
+    """Triplet hinge on squared distances, max(0, m + ||a-p||^2 - ||a-n||^2), over every anchor and the
+    negatives in the batch: candidates = [positives; mined negatives]; anchor i's positive is candidates[i];
+    every candidate that is not the same image as that positive is a negative. hardest=False: mean over the
+    active (anchor, negative) terms; hardest=True: each anchor's hardest negative only, mean over anchors."""
     b = anchors.shape[0]
-    d = (anchors[:, None, :] - candidates[None, :, :]).pow(2).sum(-1)  # [b, c]
+    # ||a||^2 + ||c||^2 - 2 a.c: a [b, c] matmul instead of a [b, c, dim] difference tensor
+    d = (anchors.pow(2).sum(1)[:, None] + candidates.pow(2).sum(1)[None, :] - 2 * anchors @ candidates.T).clamp(min=0)
     d_pos = d[torch.arange(b), torch.arange(b)]
     negative = candidate_rows[None, :] != positive_rows[:, None]
     terms = F.relu(margin + d_pos[:, None] - d) * negative
+    if hardest:
+        return terms.amax(dim=1).mean()
     active = (terms > 0).sum().clamp(min=1)
     return terms.sum() / active
 
@@ -575,7 +581,13 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
                 emb = model.forward_from_deep_features(deep, small)
             emb = emb.float()
             if train_cfg.get("batch_negatives"):
-                loss = batch_triplet_loss(emb[:b], emb[b:], p_idx[sl].to(device), idx[b:].to(device), margin)
+                hardest = train_cfg.get("negatives", "all") == "hardest"
+                positive_rows = p_idx[sl].to(device)
+                loss = batch_triplet_loss(emb[:b], emb[b:], positive_rows, idx[b:].to(device), margin, hardest)
+                if train_cfg.get("symmetric"):
+                    # the shop image as the anchor: its street crop must be nearer than the other street crops
+                    loss = loss + batch_triplet_loss(emb[b:2 * b], emb[:b], positive_rows, positive_rows, margin,
+                                                     hardest)
             else:
                 loss = triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], margin)
             optimiser.zero_grad(set_to_none=True)
