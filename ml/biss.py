@@ -18,25 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from ml.imaging import pad_to_square
+
 
 def _l2(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-
-
-def _square(image: Image.Image) -> Image.Image:
-    """Pad to a square with the median border colour (as the VisNet preprocessing does)."""
-    image = image.convert("RGB")
-    w, h = image.size
-    if w == h:
-        return image
-    arr = np.asarray(image)
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    fill = tuple(int(v) for v in np.median(border, axis=0))
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
 
 
 class Scorer:
@@ -64,7 +51,7 @@ class ColourHistogramScorer(Scorer):
         out = []
         hb, sb, vb = self.bins
         for img in images:
-            hsv = np.asarray(_square(img).resize((self.size, self.size), Image.BILINEAR).convert("HSV"), dtype=np.int32)
+            hsv = np.asarray(pad_to_square(img).resize((self.size, self.size), Image.BILINEAR).convert("HSV"), dtype=np.int32)
             h = hsv[..., 0] * hb // 256
             s = hsv[..., 1] * sb // 256
             v = hsv[..., 2] * vb // 256
@@ -85,7 +72,7 @@ class PixelScorer(Scorer):
     def features(self, images):
         out = []
         for img in images:
-            g = np.asarray(_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
+            g = np.asarray(pad_to_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
             g = g - g.mean()
             out.append(g.ravel())
         return _l2(np.stack(out)) if out else np.zeros((0, self.size * self.size), np.float32)
@@ -103,7 +90,7 @@ class EdgeOrientationScorer(Scorer):
         out = []
         c, nb = self.cells, self.bins
         for img in images:
-            g = np.asarray(_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
+            g = np.asarray(pad_to_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
             gx = np.zeros_like(g)
             gy = np.zeros_like(g)
             gx[:, 1:-1] = g[:, 2:] - g[:, :-2]
@@ -141,7 +128,7 @@ class CNNScorer(Scorer):
         return self._embedder
 
     def features(self, images):
-        return _l2(self.embedder.embed([_square(i) for i in images]))
+        return _l2(self.embedder.embed([pad_to_square(i) for i in images]))
 
 
 class EnsembleScorer(Scorer):

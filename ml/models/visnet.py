@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ml.imaging import pad_to_square
+
 DEEP_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
 
 
@@ -58,16 +60,7 @@ class VisNetConfig:
 
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     """RGB, padded to a square with the median border colour, resized to size x size, float [0, 1] [3, S, S]."""
-    image = image.convert("RGB")
-    width, height = image.size
-    if width != height:
-        arr = np.asarray(image)
-        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-        fill = tuple(int(v) for v in np.median(border, axis=0))
-        side = max(width, height)
-        canvas = Image.new("RGB", (side, side), fill)
-        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-        image = canvas
+    image = pad_to_square(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     arr = np.asarray(image, dtype=np.uint8)
