@@ -151,11 +151,10 @@ class ShallowBranch(nn.Module):
             return
         if arch == "cnn" and factor <= 4:
             c1, c2, c3 = max(8, channels // 4), max(16, channels // 2), channels
-            def block(i, o, stride=1):
-                return [nn.Conv2d(i, o, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
-            layers = block(in_ch, c1) + block(c1, c1, 2) + block(c1, c2) + block(c2, c2, 2)
+            layers = (_conv_bn_relu(in_ch, c1) + _conv_bn_relu(c1, c1, 2) + _conv_bn_relu(c1, c2)
+                      + _conv_bn_relu(c2, c2, 2))
             for _ in range(max(1, depth - 1)):
-                layers += block(c2 if _ == 0 else c3, c3)
+                layers += _conv_bn_relu(c2 if _ == 0 else c3, c3)
             self.body = nn.Sequential(*layers)
             self.grid = grid
             self.out_dim = c3 * grid * grid

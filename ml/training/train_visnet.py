@@ -82,7 +82,6 @@ DEFAULTS: dict = {
         "class_batches": False,  # batches drawn from one class at a time
         "batch_negatives": False,  # every other image in the batch is a negative too (batch-all triplet hinge)
         "negatives": "all",  # with batch_negatives: "all" active in-batch negatives, or each anchor's "hardest"
-        "symmetric": False,  # with batch_negatives: also the shop image as anchor against the batch's street crops
     },
 }
 
@@ -582,12 +581,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
             emb = emb.float()
             if train_cfg.get("batch_negatives"):
                 hardest = train_cfg.get("negatives", "all") == "hardest"
-                positive_rows = p_idx[sl].to(device)
-                loss = batch_triplet_loss(emb[:b], emb[b:], positive_rows, idx[b:].to(device), margin, hardest)
-                if train_cfg.get("symmetric"):
-                    # the shop image as the anchor: its street crop must be nearer than the other street crops
-                    loss = loss + batch_triplet_loss(emb[b:2 * b], emb[:b], positive_rows, positive_rows, margin,
-                                                     hardest)
+                loss = batch_triplet_loss(emb[:b], emb[b:], p_idx[sl].to(device), idx[b:].to(device), margin, hardest)
             else:
                 loss = triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], margin)
             optimiser.zero_grad(set_to_none=True)
