@@ -127,6 +127,24 @@ def test_evaluate_end_to_end_on_tiny(evaluation):
     assert json.loads((tmp / "tiny-seed0" / "results-split.json").read_text())["benchmark"]["size"] == "tiny"
 
 
+def test_breakdown_by_rendering_condition_partitions_the_queries(evaluation):
+    tmp, result = evaluation
+    assert result["breakdown_method"] == "ImageNet backbone (Embedder)"  # the best method that ran (no VisNet here)
+    overall = {row["method"]: row for row in result["rows"]}["imagenet"]["recall"]
+    queries = result["benchmark"]["queries"]
+    groups: dict[str, list[dict]] = {}
+    for row in result["breakdown"]:
+        groups.setdefault(row["group"], []).append(row)
+    assert {"colour", "rotation (degrees, absolute)", "occluded fraction", "category"} <= set(groups)
+    for rows in groups.values():
+        # every query falls in exactly one bin of each group: the bins' weighted recall is the overall recall
+        assert sum(r["queries"] for r in rows) == queries
+        for k in (1, 20):
+            weighted = sum(r[f"recall@{k}"] * r["queries"] for r in rows) / queries
+            assert weighted == pytest.approx(overall[k])
+    assert "## Where the misses are (ImageNet backbone (Embedder))" in (tmp / "evaluation.md").read_text()
+
+
 def test_features_are_cached(evaluation):
     tmp, first = evaluation
     from ml.evaluation.evaluate import main

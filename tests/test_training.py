@@ -86,3 +86,39 @@ def test_ml_inference_does_not_import_training():
             "bad=[m for m in sys.modules if m.startswith('ml.training') or m.startswith('django')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_pairs_only_training_trains_each_anchor_positive_pair_once(trained, tmp_path):
+    from ml.training.train_visnet import load_config, train
+
+    result, bench, tmp = trained
+    street = [t for t in result["triplets"] if t.kind == "street"]
+    pairs = {(t.anchor, t.positive) for t in street}
+    assert len(pairs) < len(street)  # several mined negatives per pair
+    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
+        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+        "model": {"image_size": 32, "deep_size": 32},
+        "train": {"epochs": 1, "threads": 2, "curriculum_epochs": 0, "mined_negatives": False,
+                  "mix": {"street": 1.0, "catalog": 0.0}}})
+    out = train(config, tmp_path / "pairs", bench=bench, triplets=street, progress=False)
+    epoch = out["metrics"]["epochs"][0]
+    assert epoch["triplets"] == len(pairs) and np.isfinite(epoch["loss"]) and epoch["loss"] > 0
+
+    config["train"]["batch_negatives"] = False
+    with pytest.raises(ValueError, match="batch_negatives"):
+        train(config, tmp_path / "bad", bench=bench, triplets=street, progress=False)
+
+
+def test_config_extends_another_file(tmp_path):
+    from ml.training.train_visnet import load_config
+
+    main = load_config(ROOT / "configs" / "visnet.yaml")
+    ablation = load_config(ROOT / "configs" / "visnet_deep_only.yaml")
+    assert ablation["model"]["shallow"] is False
+    ablation["model"]["shallow"] = True
+    assert ablation == main  # the ablation differs by the shallow branches only
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain: {epochs: 2}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")

@@ -236,6 +236,60 @@ def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray,
 
 # -- report -------------------------------------------------------------------------------------------------
 
+CONDITION_BINS = {
+    # (label, metadata -> value, [(bin label, upper bound exclusive)])
+    "rotation (degrees, absolute)": (lambda item, photo: abs(item.get("rotation", 0.0)),
+                                     [("< 8", 8), ("8-16", 16), (">= 16", float("inf"))]),
+    "item side in the photo (px)": (lambda item, photo: item.get("side", 0),
+                                    [("< 70", 70), ("70-109", 110), (">= 110", float("inf"))]),
+    "occluded fraction": (lambda item, photo: item.get("occlusion", 0.0),
+                          [("none", 1e-9), ("< 15%", 0.15), (">= 15%", float("inf"))]),
+    "camera blur (sigma px)": (lambda item, photo: photo.get("blur", 0.0),
+                               [("none", 1e-9), ("< 1", 1.0), (">= 1", float("inf"))]),
+}
+
+
+def condition_breakdown(benchmark, queries: np.ndarray, ranks: np.ndarray) -> list[dict]:
+    """Exact-item recall of one method per rendering condition of the street query (from the benchmark's
+    per-item metadata) and per category: where the misses are."""
+    from ml.data.fashion_mnist import CLASS_NAMES
+
+    ranks = np.asarray(ranks)
+    item_meta = [benchmark.item_meta[int(q)] for q in queries]
+    photo_meta = [benchmark.photo_meta[benchmark.items[int(q)].photo_index] for q in queries]
+    rows = []
+
+    def add(group: str, label: str, mask: np.ndarray) -> None:
+        if mask.any():
+            rows.append({"group": group, "value": label, "queries": int(mask.sum()),
+                         **{f"recall@{k}": float((ranks[mask] < k).mean()) for k in KS}})
+
+    modes = np.array([m.get("mode", "?") for m in item_meta])
+    for mode in ("grey", "tint", "pattern"):
+        add("colour", mode, modes == mode)
+    for group, (value_of, bins) in CONDITION_BINS.items():
+        values = np.array([value_of(item, photo) for item, photo in zip(item_meta, photo_meta)], dtype=np.float64)
+        lower = -np.inf
+        for label, upper in bins:
+            add(group, label, (values >= lower) & (values < upper))
+            lower = upper
+    labels = np.asarray(benchmark.shop_labels)[[benchmark.items[int(q)].shop_index for q in queries]]
+    for cls, name in enumerate(CLASS_NAMES):
+        add("category", name, labels == cls)
+    return rows
+
+
+def breakdown_lines(method_title: str, rows: list[dict]) -> list[str]:
+    lines = [f"## Where the misses are ({method_title})", "",
+             "Exact-item recall of the test street queries by how the item was rendered into the photo "
+             "(the benchmark records it per item) and by category.", "",
+             "| condition | value | queries | Recall@1 | Recall@5 | Recall@20 |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['group']} | {row['value']} | {row['queries']:,} | {_pct(row['recall@1'])} | "
+                     f"{_pct(row['recall@5'])} | {_pct(row['recall@20'])} |")
+    return lines + [""]
+
+
 def machine_description() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -319,7 +373,7 @@ def evaluate(args) -> dict:
     fit_items = np.sort(rng.choice(train_items, min(args.pca_items, len(train_items)), replace=False))
     fit_shop = np.unique([benchmark.items[i].shop_index for i in fit_items])
 
-    rows, caches = [], {}
+    rows, caches, method_ranks = [], {}, {}
     for method in args.methods:
         embedder, note = make_embedder(method, args)
         title = TITLES[method]
@@ -339,6 +393,7 @@ def evaluate(args) -> dict:
                "category": category, "ms_per_image": cache.ms_per_image}
         rows.append(row)
         caches[method] = cache
+        method_ranks[method] = ranks
         print(f"{title}: R@1 {_pct(row['recall'][1])}  R@5 {_pct(row['recall'][5])}  R@20 {_pct(row['recall'][20])}"
               f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}", file=sys.stderr)
 
@@ -350,8 +405,13 @@ def evaluate(args) -> dict:
         train = np.concatenate([cache.street(fit_items), cache.shop(fit_shop)])
         study = dimension_study(train, cache.street(queries), cache.shop(gallery), targets)
 
+    breakdown_method = "visnet" if "visnet" in method_ranks else (best["method"] if best else None)
+    breakdown = (condition_breakdown(benchmark, queries, method_ranks[breakdown_method])
+                 if breakdown_method in method_ranks else [])
     result = {
         "training": training_summary(args.visnet) if "visnet" in args.methods else None,
+        "breakdown_method": TITLES.get(breakdown_method) if breakdown else None,
+        "breakdown": breakdown,
         "command": "python -m ml.evaluation.evaluate " + " ".join(args.argv),
         "benchmark": {"size": benchmark.size, "seed": benchmark.seed, "data_hash": benchmark.data_hash,
                       "root": str(benchmark.root), "queries": int(len(queries)), "gallery": int(len(gallery)),
@@ -450,6 +510,8 @@ def write_report(result: dict, out: Path, plot: Path | None) -> None:
     ]
     if plot is not None:
         lines += [f"![Recall@K]({plot.name})", ""]
+    if result.get("breakdown"):
+        lines += breakdown_lines(result["breakdown_method"], result["breakdown"])
     if result.get("training"):
         lines += training_lines(result["training"])
     if result["study"]:

@@ -82,6 +82,9 @@ DEFAULTS: dict = {
         "class_batches": False,  # batches drawn from one class at a time
         "batch_negatives": False,  # every other image in the batch is a negative too (batch-all triplet hinge)
         "negatives": "all",  # with batch_negatives: "all" active in-batch negatives, or each anchor's "hardest"
+        # False: batches of (anchor, positive) pairs only, the other positives in the batch being the negatives
+        # (needs batch_negatives); the mined negatives then only pick which pairs are trained
+        "mined_negatives": True,
     },
 }
 
@@ -97,11 +100,21 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config; `extends: other.yaml` (relative to this file) is read first and overridden by this one."""
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"config extends itself: {' -> '.join(str(p) for p in seen + (path,))}")
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    parent = data.pop("extends", None)
+    if parent:
+        data = _merge(_read_config_file(path.parent / parent, seen + (path,)), data)
+    return data
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    data = {}
-    if path:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
+    data = _read_config_file(Path(path)) if path else {}
     config = _merge(DEFAULTS, data)
     return _merge(config, overrides or {})
 
@@ -496,6 +509,12 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
 
     street_all = [t for t in triplets if t.kind == "street"]
     catalog_all = [t for t in triplets if t.kind == "catalog"]
+    pairs_only = not train_cfg.get("mined_negatives", True)
+    if pairs_only and not train_cfg.get("batch_negatives"):
+        raise ValueError("train.mined_negatives: false needs train.batch_negatives: true")
+    if pairs_only:
+        street_all = list({(t.anchor, t.positive): t for t in street_all}.values())
+        catalog_all = list({(t.anchor, t.positive): t for t in catalog_all}.values())
     baseline_val = deep_only_baseline(cache, val_eval)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -565,7 +584,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
             sl = slice(lo, hi)
             if hi - lo < 2:
                 continue
-            idx = torch.cat([a_idx[sl], p_idx[sl], n_idx[sl]])
+            idx = torch.cat([a_idx[sl], p_idx[sl]] + ([] if pairs_only else [n_idx[sl]]))
             b = len(a_idx[sl])
             deep = deep_all[idx].to(device, non_blocking=True)
             small = small_all[idx].float().to(device, non_blocking=True)
