@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,16 @@ def test_features_are_cached(evaluation):
     assert rows["imagenet"]["recall"] == {k: v for k, v in first["rows"][2]["recall"].items()}
     assert np.isnan(rows["imagenet"]["ms_per_image"])  # nothing was embedded again
     assert any(p.name.startswith("imagenet__") for p in (tmp / "tiny-seed0" / "features").iterdir())
+
+
+def test_training_section_describes_the_committed_artifact():
+    from ml.evaluation.evaluate import training_lines, training_summary
+
+    artifact = Path(__file__).resolve().parents[1] / "models" / "visnet-default"
+    summary = training_summary(artifact)
+    metrics = json.loads((artifact / "metrics.json").read_text())
+    assert summary["model_version"] == metrics["model_version"] and summary["pairs_only"] is True
+    lines = training_lines(summary)
+    assert "trained as (anchor, positive) pairs" in lines[2] and lines[4].startswith("| epoch | pairs |")
+    assert len([line for line in lines if line.startswith("| ") and line[2].isdigit()]) == len(metrics["epochs"])
+    assert training_summary(artifact.parent / "no-such-artifact") is None

@@ -450,6 +450,7 @@ def training_summary(artifact_dir) -> dict | None:
             "device": metrics.get("device"), "threads": metrics.get("torch_threads"),
             "bf16": config.get("train", {}).get("cpu_bf16_used"), "timings": metrics.get("timings", {}),
             "triplets": config.get("triplets", {}),
+            "pairs_only": config.get("train", {}).get("mined_negatives", True) is False,
             "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "triplets": e.get("triplets"),
                         **{k: e["val"][k] for k in ("recall@1", "recall@5", "recall@20")}}
                        for e in metrics.get("epochs", [])],
@@ -459,17 +460,20 @@ def training_summary(artifact_dir) -> dict | None:
 def training_lines(training: dict) -> list[str]:
     timings = training["timings"]
     triplets = training["triplets"]
+    unit = "(anchor, positive) pairs" if training.get("pairs_only") else "triplets"
+    negatives = (": the negatives of each anchor are the other positives of its one-class batch"
+                 if training.get("pairs_only") else "")
     lines = [
         "## Training (VisNet)",
         "",
         f"`{training['model_version']}` from `{training['artifact']}` (its `metrics.json`, `config.json`, "
         f"`training_curves.png`): device `{training['device']}`, {training['threads']} torch threads, "
         f"bfloat16 autocast: {bool(training['bf16'])}; {triplets.get('count', 0):,} mined triplets "
-        f"({triplets.get('street', 0):,} street, {triplets.get('catalog', 0):,} catalog, source "
-        f"`{triplets.get('source', '?')}`). Timings (s): "
+        f"(source `{triplets.get('source', '?')}`), trained as {unit} ({triplets.get('street', 0):,} street, "
+        f"{triplets.get('catalog', 0):,} catalog){negatives}. Timings (s): "
         + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items()) + ".",
         "",
-        f"| epoch | triplets | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
+        f"| epoch | {unit.split()[-1]} | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
         "|---|---|---|---|---|---|",
     ]
     for e in training["epochs"]:
