@@ -460,9 +460,12 @@ def training_summary(artifact_dir) -> dict | None:
 def training_lines(training: dict) -> list[str]:
     timings = training["timings"]
     triplets = training["triplets"]
-    unit = "(anchor, positive) pairs" if training.get("pairs_only") else "triplets"
-    negatives = (": the negatives of each anchor are the other positives of its one-class batch"
-                 if training.get("pairs_only") else "")
+    if training.get("pairs_only"):
+        column, unit = "pairs", "(anchor, positive) pairs"
+        negatives = ": the negatives of each anchor are the other positives of its one-class batch"
+    else:
+        column = unit = "triplets"
+        negatives = ""
     lines = [
         "## Training (VisNet)",
         "",
@@ -473,7 +476,7 @@ def training_lines(training: dict) -> list[str]:
         f"{triplets.get('catalog', 0):,} catalog){negatives}. Timings (s): "
         + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items()) + ".",
         "",
-        f"| epoch | {unit.split()[-1]} | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
+        f"| epoch | {column} | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
         "|---|---|---|---|---|---|",
     ]
     for e in training["epochs"]:

@@ -438,6 +438,9 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_cfg, train_cfg, mine_cfg = config["data"], config["train"], config["mining"]
+    pairs_only = not train_cfg.get("mined_negatives", True)
+    if pairs_only and not train_cfg.get("batch_negatives"):  # before any feature caching or mining
+        raise ValueError("train.mined_negatives: false needs train.batch_negatives: true")
     seed_everything(int(train_cfg["seed"]))
     if train_cfg.get("threads"):
         torch.set_num_threads(int(train_cfg["threads"]))
@@ -509,9 +512,6 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
 
     street_all = [t for t in triplets if t.kind == "street"]
     catalog_all = [t for t in triplets if t.kind == "catalog"]
-    pairs_only = not train_cfg.get("mined_negatives", True)
-    if pairs_only and not train_cfg.get("batch_negatives"):
-        raise ValueError("train.mined_negatives: false needs train.batch_negatives: true")
     if pairs_only:
         street_all = list({(t.anchor, t.positive): t for t in street_all}.values())
         catalog_all = list({(t.anchor, t.positive): t for t in catalog_all}.values())
