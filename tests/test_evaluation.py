@@ -159,7 +159,7 @@ def test_features_are_cached(evaluation):
 
 
 def test_training_section_describes_the_committed_artifact():
-    from ml.evaluation.evaluate import training_lines, training_summary
+    from ml.evaluation.evaluate import deep_branch_suffix, training_lines, training_summary
 
     artifact = Path(__file__).resolve().parents[1] / "models" / "visnet-default"
     summary = training_summary(artifact)
@@ -168,4 +168,10 @@ def test_training_section_describes_the_committed_artifact():
     lines = training_lines(summary)
     assert "trained as (anchor, positive) pairs" in lines[2] and lines[4].startswith("| epoch | pairs |")
     assert len([line for line in lines if line.startswith("| ") and line[2].isdigit()]) == len(metrics["epochs"])
+    assert "deep branch trained (its last 7 blocks" in lines[2] and "bfloat16 autocast: True" in lines[2]
+    frozen = training_lines(training_summary(artifact.parent / "visnet-deep-only"))
+    assert "deep branch frozen (cached features)" in frozen[2]
+    assert deep_branch_suffix(artifact) == " (deep branch trained)"  # the table's row titles say which
+    assert deep_branch_suffix(artifact.parent / "visnet-deep-only") == " (deep branch frozen)"
+    assert deep_branch_suffix(None) == ""
     assert training_summary(artifact.parent / "no-such-artifact") is None

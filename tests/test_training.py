@@ -122,3 +122,59 @@ def test_config_extends_another_file(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ValueError, match="extends itself"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(trained, tmp_path):
+    from ml.inference.visnet import load_visnet_embedder
+    from ml.models.visnet import VisNet, VisNetConfig
+    from ml.training.train_visnet import embed_refs, load_config, train
+
+    frozen, bench, tmp = trained
+    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
+        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+        "model": {"image_size": 32, "deep_size": 32},
+        "train": {"epochs": 1, "threads": 2, "train_last_blocks": 1, "deep_lr_scale": 0.5}})
+    out = train(config, tmp_path / "online", bench=bench, progress=False)
+    saved = json.loads((out["out_dir"] / "config.json").read_text())
+    assert saved["train"]["train_last_blocks"] == 1 and saved["train"]["deep_lr"] == 0.0015
+
+    state = torch.load(out["out_dir"] / "weights.pt", weights_only=True)
+    last = len(out["model"].deep.blocks) - 1
+    assert any(k.startswith(f"deep.blocks.{last}.") for k in state) and any(k.startswith("deep.conv_head.") for k in state)
+    assert not any(k.startswith("deep.blocks.0.") or k.startswith("deep.conv_stem.") for k in state)
+    pretrained = VisNet(VisNetConfig.from_dict(saved["model"])).state_dict()
+    key = next(k for k in state if k.startswith(f"deep.blocks.{last}.") and k.endswith("weight"))
+    assert not torch.allclose(state[key].float(), pretrained[key], atol=1e-3)  # the block did learn
+
+    ev = out["val_eval"]
+    refs = ev.gallery_refs[:3] + ev.query_refs[:3]
+    expected = embed_refs(out["model"], out["cache"], refs, torch.device("cpu")).numpy()
+    images = [bench.shop_image(int(i)) for i in ev.gallery[:3]] + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:3]]
+    got = load_visnet_embedder(out["out_dir"], device="cpu").embed(images)
+    assert np.abs(got - expected).max() < 2e-2
+
+    # the cache's deep features stay the pretrained ones (the frozen run's), never the fine-tuned branch's
+    frozen_deep = frozen["cache"].tensors()[0][frozen["cache"].index(refs)]
+    online_deep = out["cache"].tensors()[0][out["cache"].index(refs)]
+    assert torch.equal(frozen_deep, online_deep)
+
+
+def test_feature_cache_loader_processes_give_the_same_rows(trained):
+    from ml.models.visnet import VisNet, VisNetConfig
+    from ml.training.train_visnet import FeatureCache
+    from ml.triplets import RefResolver
+
+    result, bench, _ = trained
+    refs = result["val_eval"].gallery_refs + result["val_eval"].query_refs
+    model = VisNet(VisNetConfig.from_dict({**result["model"].config.to_dict()}))
+    caches = []
+    for workers in (1, 2):
+        cache = FeatureCache(model, bench, RefResolver(bench, context=0.1), None, torch.device("cpu"), batch_size=4,
+                             progress=False, keep_images=True, workers=workers)
+        cache.ensure(refs, "val")
+        caches.append(cache)
+    assert len(refs) > 8 * 4  # enough batches for the forked loaders
+    one, two = caches
+    assert torch.equal(one.images()[one.index(refs)], two.images()[two.index(refs)])
+    assert torch.equal(one.tensors()[1][one.index(refs)], two.tensors()[1][two.index(refs)])
+    assert one.images().dtype == torch.uint8 and one.images().shape[1:] == (3, 32, 32)

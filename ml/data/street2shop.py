@@ -432,7 +432,7 @@ def build_benchmark(size: str = "small", seed: int = 0, root: Path | None = None
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "photos").mkdir(parents=True)
     started = time.monotonic()
-    workers = workers if workers is not None else (min(os.cpu_count() or 1, 8) if len(tasks) >= 400 else 1)
+    workers = workers if workers is not None else (min(os.cpu_count() or 1, 16) if len(tasks) >= 400 else 1)
     results: list = [None] * len(tasks)
     bar = None
     if progress:

@@ -376,7 +376,7 @@ def evaluate(args) -> dict:
     rows, caches, method_ranks = [], {}, {}
     for method in args.methods:
         embedder, note = make_embedder(method, args)
-        title = TITLES[method]
+        title = TITLES[method] + deep_branch_suffix(getattr(embedder, "artifact_dir", None))
         if embedder is None:
             rows.append({"method": method, "title": title, "note": note})
             print(f"{title}: {note}", file=sys.stderr)
@@ -436,6 +436,17 @@ def evaluate(args) -> dict:
     return result
 
 
+def deep_branch_suffix(artifact_dir) -> str:
+    """' (deep branch trained)' / ' (deep branch frozen)' for a VisNet artifact, '' for anything else."""
+    try:
+        config = json.loads((Path(artifact_dir) / "config.json").read_text()) if artifact_dir else None
+    except (OSError, ValueError):
+        return ""
+    if not config:
+        return ""
+    return " (deep branch trained)" if int(config.get("train", {}).get("train_last_blocks") or 0) else " (deep branch frozen)"
+
+
 def training_summary(artifact_dir) -> dict | None:
     """How the evaluated VisNet artifact was trained, from its metrics.json and config.json."""
     if not artifact_dir:
@@ -446,9 +457,12 @@ def training_summary(artifact_dir) -> dict | None:
         config = json.loads((artifact / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    train_cfg = config.get("train", {})
     return {"artifact": str(artifact), "model_version": metrics.get("model_version"),
-            "device": metrics.get("device"), "threads": metrics.get("torch_threads"),
-            "bf16": config.get("train", {}).get("cpu_bf16_used"), "timings": metrics.get("timings", {}),
+            "device": metrics.get("device_name") or metrics.get("device"), "threads": metrics.get("torch_threads"),
+            "deep_blocks_trained": int(train_cfg.get("train_last_blocks") or 0), "deep_lr": train_cfg.get("deep_lr"),
+            "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None) == "bfloat16",
+            "timings": metrics.get("timings", {}),
             "triplets": config.get("triplets", {}),
             "pairs_only": config.get("train", {}).get("mined_negatives", True) is False,
             "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "triplets": e.get("triplets"),
@@ -466,12 +480,17 @@ def training_lines(training: dict) -> list[str]:
     else:
         column = unit = "triplets"
         negatives = ""
+    if training.get("deep_blocks_trained"):
+        deep_branch = (f"deep branch trained (its last {training['deep_blocks_trained']} blocks, learning rate "
+                       f"{training['deep_lr']:g}, online over the cached images)")
+    else:
+        deep_branch = "deep branch frozen (cached features)"
     lines = [
         "## Training (VisNet)",
         "",
         f"`{training['model_version']}` from `{training['artifact']}` (its `metrics.json`, `config.json`, "
         f"`training_curves.png`): device `{training['device']}`, {training['threads']} torch threads, "
-        f"bfloat16 autocast: {bool(training['bf16'])}; {triplets.get('count', 0):,} mined triplets "
+        f"bfloat16 autocast: {bool(training['bf16'])}; {deep_branch}; {triplets.get('count', 0):,} mined triplets "
         f"(source `{triplets.get('source', '?')}`), trained as {unit} ({triplets.get('street', 0):,} street, "
         f"{triplets.get('catalog', 0):,} catalog){negatives}. Timings (s): "
         + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items()) + ".",

@@ -58,13 +58,17 @@ class VisNetConfig:
         return data
 
 
-def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB, padded to a square with the median border colour, resized to size x size, float [0, 1] [3, S, S]."""
+def preprocess_uint8(image: Image.Image, size: int) -> np.ndarray:
+    """RGB, padded to a square with the median border colour, resized to size x size: uint8 [S, S, 3]."""
     image = pad_to_square(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
+    """`preprocess_uint8` as float [0, 1] [3, S, S], the model's input."""
+    return torch.from_numpy(preprocess_uint8(image, size).copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def _load_vgg16(weights_path: str | None) -> tuple[nn.Module, int]:

@@ -5,10 +5,11 @@
 
 Frozen deep branch: its pooled features for every image involved (shop items and street crops) are computed
 once and cached on disk (var/visnet-cache/), together with the small copies the shallow branches see; training
-then only runs the shallow branches and the projection, which takes minutes on 2 CPU cores. On a GPU the
-last backbone blocks can be trained too (train.train_last_blocks), with AMP and bigger batches.
+then only runs the shallow branches and the projection, which takes minutes on 2 CPU cores. On a GPU
+(train.train_last_blocks: auto or N) the deep branch's blocks are trained too: the cache then keeps the
+preprocessed images (uint8, on the GPU) and every step runs the whole model over them, in bfloat16.
 
-Artifacts (--out): weights.pt (VisNet weights minus the packaged frozen backbone), config.json,
+Artifacts (--out): weights.pt (VisNet weights minus the packaged backbone, plus its trained blocks), config.json,
 metrics.json, data_hash, model_version, training_curves.png, triplets.jsonl.gz is NOT written (the mined
 triplets go to --triplets-out when asked).
 """
@@ -20,6 +21,7 @@ import copy
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import time
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from ml.models.visnet import VisNet, VisNetConfig, preprocess_image, triplet_loss
+from ml.models.visnet import VisNet, VisNetConfig, preprocess_uint8, triplet_loss
 from ml.triplets import (MinedTriplet, RefResolver, load_triplets, mine_catalog_triplets, mine_street_triplets,
                          parse_ref, save_triplets, shop_ref, street_ref, triplets_hash)
 
@@ -49,6 +51,7 @@ DEFAULTS: dict = {
         "test_eval": True,
         "max_test_queries": None,
         "cache_dir": None,
+        "loader_workers": None,  # processes decoding and cropping images for the cache (None: min(CPUs, 16))
     },
     "model": VisNetConfig().to_dict(),
     "mining": {
@@ -72,7 +75,10 @@ DEFAULTS: dict = {
         "mix": {"street": 1.0, "catalog": 0.2},
         "curriculum_epochs": 1,  # first epochs: out-of-class / random negatives only
         "augment": True,
-        "train_last_blocks": "auto",  # 0: frozen deep branch with cached features
+        # 0: frozen deep branch with cached features; N / "all": its last N / all blocks are trained, online from
+        # the cached preprocessed images; "auto": all on a GPU, 0 on CPUs
+        "train_last_blocks": "auto",
+        "deep_lr_scale": 0.1,  # learning rate of the trained deep blocks relative to train.lr
         "device": "auto",
         "seed": 0,
         "threads": None,
@@ -133,10 +139,23 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def cuda_amp_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast_for(device: torch.device, cpu_bf16: bool):
     if device.type == "cuda":
-        return torch.autocast("cuda")
+        return torch.autocast("cuda", dtype=cuda_amp_dtype())
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
+
+
+def resolve_last_blocks(value, model: VisNet, cuda: bool) -> int:
+    """How many of the deep branch's last blocks train (0: frozen, features cached)."""
+    if value in (None, "auto"):
+        value = "all" if cuda else 0
+    if value == "all":
+        return len(model.deep.blocks) if hasattr(model.deep, "blocks") else 1
+    return int(value)
 
 
 def seed_everything(seed: int) -> None:
@@ -169,27 +188,47 @@ def _subsample(indices: np.ndarray, limit, seed: int) -> np.ndarray:
     return np.sort(rng.choice(indices, int(limit), replace=False))
 
 
-class FeatureCache:
-    """Frozen deep-branch features + the shallow branches' small input copies, per image reference.
+_LOADING: dict = {}  # the FeatureCache whose images the forked loader processes read
 
-    Persisted per group as <dir>/<group>-<key>.npz; the key covers the data hash, the deep branch and
-    the preprocessing, so a different benchmark or model config never reuses stale rows."""
+
+def _load_chunk(refs: list[str]) -> np.ndarray:
+    cache = _LOADING["cache"]
+    return np.stack([preprocess_uint8(image, cache.image_size) for image in cache._images(refs)])
+
+
+class FeatureCache:
+    """Pretrained deep-branch features + the shallow branches' small input copies (+ with keep_images, the
+    preprocessed uint8 images for online deep-branch training), per image reference.
+
+    The features come from a frozen copy of the model's deep branch taken at construction, so rows added
+    after (or during) training never mix fine-tuned features into the cache. Persisted per group as
+    <dir>/<group>-<key>.npz; the key covers the data hash, the deep branch and the preprocessing, so a
+    different benchmark or model config never reuses stale rows. Images are decoded and cropped by
+    `workers` forked processes (no CUDA in them) while this process runs the deep branch."""
 
     def __init__(self, model: VisNet, bench, resolver: RefResolver, cache_dir: Path | None, device: torch.device,
-                 batch_size: int = 128, progress: bool = True, cpu_bf16: bool = False):
-        self.cpu_bf16 = cpu_bf16
-        self.model, self.bench, self.resolver = model, bench, resolver
+                 batch_size: int = 128, progress: bool = True, cpu_bf16: bool = False, keep_images: bool = False,
+                 workers: int | None = None):
+        self.cpu_bf16, self.keep_images = cpu_bf16, keep_images
+        self.extractor = copy.deepcopy(model).eval()
+        for parameter in self.extractor.parameters():
+            parameter.requires_grad = False
+        self.bench, self.resolver = bench, resolver
         self.device, self.batch_size, self.progress = device, batch_size, progress
+        self.workers = int(workers) if workers else min(os.cpu_count() or 1, 16)
         cfg = model.config
+        self.image_size = cfg.image_size
         self.small_size = max(8, cfg.image_size // min(cfg.shallow_factors)) if cfg.shallow_factors else cfg.image_size // 4
         self.cache_dir = Path(cache_dir) if cache_dir else None
         ident = json.dumps([bench.data_hash, cfg.backbone, cfg.image_size, cfg.deep_size, list(cfg.mean),
-                            list(cfg.std), self.small_size, resolver.context, 2, cpu_bf16], sort_keys=True)
+                            list(cfg.std), self.small_size, resolver.context, 2, cpu_bf16]
+                           + (["images"] if keep_images else []), sort_keys=True)
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
         self.rows: dict[str, int] = {}
         self.deep_chunks: list[np.ndarray] = []
         self.small_chunks: list[np.ndarray] = []
-        self._deep = self._small = None
+        self.image_chunks: list[np.ndarray] = []
+        self._deep = self._small = self._images_tensor = None
 
     def _images(self, refs: list[str]):
         out = []
@@ -208,22 +247,36 @@ class FeatureCache:
                     out.append(self.bench.street_crop(item, context=self.resolver.context))
         return out
 
+    def _image_batches(self, refs: list[str]):
+        """uint8 [n, S, S, 3] batches in the order of refs (street refs sorted by photo: each photo decoded once)."""
+        chunks = [refs[start : start + self.batch_size] for start in range(0, len(refs), self.batch_size)]
+        if self.workers <= 1 or len(chunks) < 8:
+            _LOADING["cache"] = self
+            yield from map(_load_chunk, chunks)
+            return
+        _LOADING["cache"] = self  # inherited by the forked workers
+        with multiprocessing.get_context("fork").Pool(self.workers) as pool:
+            yield from pool.imap(_load_chunk, chunks)
+
     @torch.inference_mode()
-    def _compute(self, refs: list[str], desc: str) -> tuple[np.ndarray, np.ndarray]:
-        deep, small = [], []
-        size = self.model.config.image_size
-        # street refs sorted by photo so each photo is decoded once
+    def _compute(self, refs: list[str], desc: str) -> dict[str, np.ndarray]:
+        deep, small, images = [], [], []
         bar = tqdm(total=len(refs), desc=f"deep features {desc}", unit="img", disable=not self.progress, mininterval=2)
-        for start in range(0, len(refs), self.batch_size):
-            chunk = refs[start : start + self.batch_size]
-            batch = torch.stack([preprocess_image(img, size) for img in self._images(chunk)]).to(self.device)
+        for array in self._image_batches(refs):
+            chw = torch.from_numpy(array).permute(0, 3, 1, 2)
+            batch = chw.to(self.device).float().div_(255.0)
             with autocast_for(self.device, self.cpu_bf16):
-                feats = self.model.deep_features(batch)
+                feats = self.extractor.deep_features(batch)
             deep.append(feats.float().cpu().numpy().astype(np.float16))
             small.append(F.adaptive_avg_pool2d(batch, self.small_size).cpu().numpy().astype(np.float16))
-            bar.update(len(chunk))
+            if self.keep_images:
+                images.append(chw.contiguous().numpy())
+            bar.update(len(array))
         bar.close()
-        return np.concatenate(deep), np.concatenate(small)
+        out = {"deep": np.concatenate(deep), "small": np.concatenate(small)}
+        if self.keep_images:
+            out["images"] = np.concatenate(images)
+        return out
 
     def ensure(self, refs, group: str) -> None:
         refs = [r for r in dict.fromkeys(refs) if r not in self.rows]
@@ -238,27 +291,39 @@ class FeatureCache:
             digest = hashlib.sha256("\n".join(refs).encode()).hexdigest()[:10]
             path = self.cache_dir / f"{group}-{self.key}-{digest}.npz"
         if path is not None and path.exists():
-            data = np.load(path)
-            deep, small = data["deep"], data["small"]
+            with np.load(path) as stored:
+                data = {name: stored[name] for name in stored.files}
         else:
-            deep, small = self._compute(refs, group)
+            data = self._compute(refs, group)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, deep=deep, small=small)
+                np.savez(tmp, **data)
                 os.replace(tmp, path)
         base = sum(len(c) for c in self.deep_chunks)
         for i, r in enumerate(refs):
             self.rows[r] = base + i
-        self.deep_chunks.append(deep)
-        self.small_chunks.append(small)
-        self._deep = self._small = None
+        self.deep_chunks.append(data["deep"])
+        self.small_chunks.append(data["small"])
+        if self.keep_images:
+            self.image_chunks.append(data["images"])
+        self._deep = self._small = self._images_tensor = None
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._deep is None:
             self._deep = torch.from_numpy(np.concatenate(self.deep_chunks).astype(np.float32))
             self._small = torch.from_numpy(np.concatenate(self.small_chunks))
         return self._deep, self._small
+
+    def images(self, device: torch.device | None = None) -> torch.Tensor:
+        """The preprocessed images, uint8 [N, 3, S, S] (keep_images only), kept on `device` once moved there."""
+        if not self.keep_images:
+            raise ValueError("this FeatureCache keeps no images (keep_images=False)")
+        if self._images_tensor is None:
+            self._images_tensor = torch.from_numpy(np.concatenate(self.image_chunks))
+        if device is not None and self._images_tensor.device != device:
+            self._images_tensor = self._images_tensor.to(device)
+        return self._images_tensor
 
     def index(self, refs) -> torch.Tensor:
         return torch.tensor([self.rows[r] for r in refs], dtype=torch.long)
@@ -292,13 +357,21 @@ def augment_small(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.inference_mode()
 def embed_refs(model: VisNet, cache: FeatureCache, refs, device, batch_size: int = 1024) -> torch.Tensor:
-    deep, small = cache.tensors()
+    """Embeddings of cached refs: from the cached deep features while the deep branch is frozen, else the whole
+    model over the cached images."""
     idx = cache.index(refs)
     out = []
     model.eval()
-    for start in range(0, len(idx), batch_size):
-        sel = idx[start : start + batch_size]
-        out.append(model.forward_from_deep_features(deep[sel].to(device), small[sel].float().to(device)).float().cpu())
+    if model.deep_frozen:
+        deep, small = cache.tensors()
+        for start in range(0, len(idx), batch_size):
+            sel = idx[start : start + batch_size]
+            out.append(model.forward_from_deep_features(deep[sel].to(device), small[sel].float().to(device)).float().cpu())
+    else:
+        images = cache.images(device if device.type == "cuda" else None)
+        for start in range(0, len(idx), batch_size):
+            sel = idx[start : start + batch_size].to(images.device)
+            out.append(model(images[sel].to(device).float().div_(255.0)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.config.embedding_dim)
 
 
@@ -448,13 +521,9 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     cuda = device.type == "cuda"
     model_cfg = VisNetConfig.from_dict(config["model"])
     model = VisNet(model_cfg).to(device)
-    last_blocks = train_cfg.get("train_last_blocks", "auto")
-    # "auto": the deep branch stays frozen (cached features) - fine-tuning its last blocks needs online
-    # deep forward passes, which only pay off on a GPU and are not wired into this cached pipeline yet.
-    last_blocks = 0 if last_blocks == "auto" else int(last_blocks)
-    if last_blocks:
-        # a trainable deep branch cannot use cached features: run it online (GPU path)
-        model.freeze_deep(True, train_last_blocks=last_blocks)
+    # a trained deep branch cannot use cached features: it runs online over the cached images (pays off on a GPU)
+    last_blocks = resolve_last_blocks(train_cfg.get("train_last_blocks", "auto"), model, cuda)
+    online = last_blocks > 0
     timings = {}
 
     bench = bench if bench is not None else load_bench(data_cfg, progress)
@@ -464,9 +533,9 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     if not cuda:
         model = model.to(memory_format=torch.channels_last)
     cache = FeatureCache(model, bench, resolver, cache_dir, device, batch_size=256 if cuda else 128, progress=progress,
-                         cpu_bf16=cpu_bf16)
-    if last_blocks:
-        raise NotImplementedError("online deep-branch training is not wired yet: use train_last_blocks: 0")
+                         cpu_bf16=cpu_bf16, keep_images=online, workers=data_cfg.get("loader_workers"))
+    if online:
+        model.freeze_deep(True, train_last_blocks=last_blocks)
 
     # evaluation sets
     val_eval = SplitEval(bench, "val", _subsample(query_indices(bench, "val"), data_cfg.get("max_val_queries"), 1))
@@ -517,10 +586,14 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
         catalog_all = list({(t.anchor, t.positive): t for t in catalog_all}.values())
     baseline_val = deep_only_baseline(cache, val_eval)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=float(train_cfg["lr"]), weight_decay=float(train_cfg["weight_decay"]))
+    lr = float(train_cfg["lr"])
+    deep_lr = lr * float(train_cfg.get("deep_lr_scale", 0.1))
+    head_params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("deep.")]
+    deep_params = [p for p in model.deep.parameters() if p.requires_grad]
+    groups = [{"params": head_params, "lr": lr}] + ([{"params": deep_params, "lr": deep_lr}] if deep_params else [])
+    optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=float(train_cfg["weight_decay"]))
     epochs = int(train_cfg["epochs"])
-    batch_size = int(train_cfg["batch_size"]) * (4 if cuda else 1)
+    batch_size = int(train_cfg["batch_size"])
     margin = float(train_cfg["margin"])
     mix = train_cfg["mix"]
     n_street = int(round(len(street_all) * float(mix.get("street", 1.0))))
@@ -531,10 +604,11 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
         steps_per_epoch += len(np.unique(bench.shop_labels))  # one partial batch per class
     if train_cfg.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(train_cfg["max_steps_per_epoch"]))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=float(train_cfg["lr"]),
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups],
                                                     total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cuda_amp_dtype() == torch.float16)
     deep_all, small_all = cache.tensors()
+    images_all = cache.images(device if cuda else None) if online else None
     rng = np.random.default_rng(int(train_cfg["seed"]))
     history, best, best_state = [], -1.0, None
     street_current = street_all
@@ -542,6 +616,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     train_started = time.monotonic()
     for epoch in range(1, epochs + 1):
         model.train()
+        model.deep.eval()  # its batch norms keep the pretrained statistics, trained blocks included
         easy = epoch <= int(train_cfg.get("curriculum_epochs") or 0)
         pick_street = [t for t in street_current if not easy or t.negative_kind == "out_of_class"] or street_current
         pick_cat = [t for t in catalog_all if not easy or t.negative_kind == "out_of_class"] or catalog_all
@@ -586,17 +661,21 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
                 continue
             idx = torch.cat([a_idx[sl], p_idx[sl]] + ([] if pairs_only else [n_idx[sl]]))
             b = len(a_idx[sl])
-            deep = deep_all[idx].to(device, non_blocking=True)
-            small = small_all[idx].float().to(device, non_blocking=True)
+            if online:
+                deep = None
+                inputs = images_all[idx.to(images_all.device)].to(device, non_blocking=True).float().div_(255.0)
+            else:
+                deep = deep_all[idx].to(device, non_blocking=True)
+                inputs = small_all[idx].float().to(device, non_blocking=True)
             if train_cfg.get("augment", True):
                 # anchors: street crops get mild jitter, catalog anchors street-like jitter; shop images mild
                 street_anchor = is_street[sl].to(device)
-                anchors = small[:b]
-                small[:b] = torch.where(street_anchor[:, None, None, None], augment_small(anchors, 0.5),
-                                        augment_small(anchors, 1.0))
-                small[b:] = augment_small(small[b:], 0.25)
+                anchors = inputs[:b]
+                inputs[:b] = torch.where(street_anchor[:, None, None, None], augment_small(anchors, 0.5),
+                                         augment_small(anchors, 1.0))
+                inputs[b:] = augment_small(inputs[b:], 0.25)
             with autocast_for(device, cpu_bf16):
-                emb = model.forward_from_deep_features(deep, small)
+                emb = model(inputs) if online else model.forward_from_deep_features(deep, inputs)
             emb = emb.float()
             if train_cfg.get("batch_negatives"):
                 hardest = train_cfg.get("negatives", "all") == "hardest"
@@ -654,7 +733,10 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     resolved["model_version"] = model_version
     resolved["train"]["device_used"] = str(device)
     resolved["train"]["cpu_bf16_used"] = cpu_bf16
+    resolved["train"]["autocast_dtype"] = (str(cuda_amp_dtype()).removeprefix("torch.") if cuda
+                                           else "bfloat16" if cpu_bf16 else None)
     resolved["train"]["train_last_blocks"] = last_blocks
+    resolved["train"]["deep_lr"] = deep_lr if online else None
     resolved["triplets"] = {"source": triplets_source, "count": len(triplets), "street": len(street_all),
                             "catalog": len(catalog_all), "hash": trip_hash}
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
@@ -662,7 +744,8 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
     (out_dir / "model_version").write_text(model_version + "\n")
     timings["total_s"] = round(time.monotonic() - started, 1)
     metrics = {"model_version": model_version, "epochs": history, "final": final, "timings": timings,
-               "device": str(device), "torch_threads": torch.get_num_threads()}
+               "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else None,
+               "torch_threads": torch.get_num_threads()}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot(history, out_dir / "training_curves.png")
     return {"model_version": model_version, "metrics": metrics, "model": model, "cache": cache,
