@@ -172,3 +172,25 @@ def test_committed_artifacts_serve(name):
     vectors = embedder.embed([item, item.rotate(10, fillcolor="white"), Image.fromarray(255 - pixels[other]).convert("RGB")])
     assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(axis=1).mean()) - 1) < 1e-4
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # a rotated view beats another garment
+
+
+def test_occlude_edges_lays_another_images_strip_over_one_edge():
+    from ml.training.train_visnet import occlude_edges
+
+    torch.manual_seed(0)
+    x = torch.arange(16, dtype=torch.float32).view(16, 1, 1, 1).expand(16, 3, 20, 20).contiguous()
+    out = occlude_edges(x, probability=1.0, max_fraction=0.35)
+    for i in range(16):
+        changed = out[i, 0] != x[i, 0]
+        assert changed.any()
+        assert torch.all(out[i, 0][changed] == x[(i - 1) % 16, 0, 0, 0])  # the previous image's pixels
+        rows, cols = changed.any(dim=1), changed.any(dim=0)
+        full_rows, full_cols = changed.all(dim=1), changed.all(dim=0)
+        # a strip: whole rows at the top or bottom, or whole columns at the left or right
+        assert torch.equal(rows, full_rows) or torch.equal(cols, full_cols)
+        assert rows[0] or rows[-1] or cols[0] or cols[-1]
+        assert 0.05 <= float(changed.float().mean()) <= 0.35 + 0.05
+    assert occlude_edges(x, probability=0.0) is x
+    untouched = occlude_edges(x, probability=0.3)
+    hits = sum(bool((untouched[i] != x[i]).any()) for i in range(16))
+    assert 0 < hits < 16

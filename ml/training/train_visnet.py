@@ -75,6 +75,7 @@ DEFAULTS: dict = {
         "mix": {"street": 1.0, "catalog": 0.2},
         "curriculum_epochs": 1,  # first epochs: out-of-class / random negatives only
         "augment": True,
+        "occlude": 0.0,  # probability that an anchor gets an edge strip of another image laid over it
         # 0: frozen deep branch with cached features; N / "all": its last N / all blocks are trained, online from
         # the cached preprocessed images; "auto": all on a GPU, 0 on CPUs
         "train_last_blocks": "auto",
@@ -352,6 +353,26 @@ def augment_small(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
             x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         x = x + torch.randn_like(x) * 0.02 * strength
     return x.clamp(0, 1)
+
+
+def occlude_edges(x: torch.Tensor, probability: float, max_fraction: float = 0.35) -> torch.Tensor:
+    """Street-like occlusion for [B,3,s,s]: with `probability`, a strip along one random edge (up to
+    `max_fraction` of the side) is replaced by the same region of another image in the batch, as the
+    benchmark's occluders are patches of background laid over an item's edge."""
+    b, _, height, width = x.shape
+    if probability <= 0 or b < 2:
+        return x
+    device = x.device
+    hit = torch.rand(b, device=device) < probability
+    fraction = 0.1 + torch.rand(b, device=device) * (max_fraction - 0.1)
+    edge = torch.randint(0, 4, (b,), device=device)  # left, right, top, bottom
+    cols = torch.arange(width, device=device).float().add_(0.5).div_(width)[None, :]
+    rows = torch.arange(height, device=device).float().add_(0.5).div_(height)[:, None]
+    f = fraction[:, None, None]
+    strip = torch.stack([cols.expand(height, width), 1 - cols.expand(height, width),
+                         rows.expand(height, width), 1 - rows.expand(height, width)])[edge] < f
+    mask = (strip & hit[:, None, None])[:, None]
+    return torch.where(mask, x.roll(1, dims=0), x)
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -673,6 +694,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
                 anchors = inputs[:b]
                 inputs[:b] = torch.where(street_anchor[:, None, None, None], augment_small(anchors, 0.5),
                                          augment_small(anchors, 1.0))
+                inputs[:b] = occlude_edges(inputs[:b], float(train_cfg.get("occlude") or 0))
                 inputs[b:] = augment_small(inputs[b:], 0.25)
             with autocast_for(device, cpu_bf16):
                 emb = model(inputs) if online else model.forward_from_deep_features(deep, inputs)
