@@ -251,13 +251,15 @@ class FeatureCache:
     def _image_batches(self, refs: list[str]):
         """uint8 [n, S, S, 3] batches in the order of refs (street refs sorted by photo: each photo decoded once)."""
         chunks = [refs[start : start + self.batch_size] for start in range(0, len(refs), self.batch_size)]
-        if self.workers <= 1 or len(chunks) < 8:
-            _LOADING["cache"] = self
-            yield from map(_load_chunk, chunks)
-            return
         _LOADING["cache"] = self  # inherited by the forked workers
-        with multiprocessing.get_context("fork").Pool(self.workers) as pool:
-            yield from pool.imap(_load_chunk, chunks)
+        try:
+            if self.workers <= 1 or len(chunks) < 8:
+                yield from map(_load_chunk, chunks)
+            else:
+                with multiprocessing.get_context("fork").Pool(self.workers) as pool:
+                    yield from pool.imap(_load_chunk, chunks)
+        finally:
+            _LOADING.pop("cache", None)  # do not keep this cache (and its model copy) alive
 
     @torch.inference_mode()
     def _compute(self, refs: list[str], desc: str) -> dict[str, np.ndarray]:
