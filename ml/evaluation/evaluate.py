@@ -438,13 +438,10 @@ def evaluate(args) -> dict:
 
 def deep_branch_suffix(artifact_dir) -> str:
     """' (deep branch trained)' / ' (deep branch frozen)' for a VisNet artifact, '' for anything else."""
-    try:
-        config = json.loads((Path(artifact_dir) / "config.json").read_text()) if artifact_dir else None
-    except (OSError, ValueError):
+    training = training_summary(artifact_dir)
+    if training is None:
         return ""
-    if not config:
-        return ""
-    return " (deep branch trained)" if int(config.get("train", {}).get("train_last_blocks") or 0) else " (deep branch frozen)"
+    return " (deep branch trained)" if training["deep_blocks_trained"] else " (deep branch frozen)"
 
 
 def training_summary(artifact_dir) -> dict | None:
@@ -464,7 +461,7 @@ def training_summary(artifact_dir) -> dict | None:
             "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None) == "bfloat16",
             "timings": metrics.get("timings", {}),
             "triplets": config.get("triplets", {}),
-            "pairs_only": config.get("train", {}).get("mined_negatives", True) is False,
+            "pairs_only": train_cfg.get("mined_negatives", True) is False,
             "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "triplets": e.get("triplets"),
                         **{k: e["val"][k] for k in ("recall@1", "recall@5", "recall@20")}}
                        for e in metrics.get("epochs", [])],

@@ -319,12 +319,13 @@ class FeatureCache:
         return self._deep, self._small
 
     def images(self, device: torch.device | None = None) -> torch.Tensor:
-        """The preprocessed images, uint8 [N, 3, S, S] (keep_images only), kept on `device` once moved there."""
+        """The preprocessed images, uint8 [N, 3, S, S] (keep_images only); for a GPU `device` they move there
+        once and stay (batches are then gathered on the GPU), otherwise they stay in host memory."""
         if not self.keep_images:
             raise ValueError("this FeatureCache keeps no images (keep_images=False)")
         if self._images_tensor is None:
             self._images_tensor = torch.from_numpy(np.concatenate(self.image_chunks))
-        if device is not None and self._images_tensor.device != device:
+        if device is not None and device.type == "cuda" and self._images_tensor.device != device:
             self._images_tensor = self._images_tensor.to(device)
         return self._images_tensor
 
@@ -391,7 +392,7 @@ def embed_refs(model: VisNet, cache: FeatureCache, refs, device, batch_size: int
             sel = idx[start : start + batch_size]
             out.append(model.forward_from_deep_features(deep[sel].to(device), small[sel].float().to(device)).float().cpu())
     else:
-        images = cache.images(device if device.type == "cuda" else None)
+        images = cache.images(device)
         for start in range(0, len(idx), batch_size):
             sel = idx[start : start + batch_size].to(images.device)
             out.append(model(images[sel].to(device).float().div_(255.0)).float().cpu())
@@ -631,7 +632,7 @@ def train(config: dict, out_dir: str | Path, bench=None, triplets: list[MinedTri
                                                     total_steps=epochs * steps_per_epoch, pct_start=0.15)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and cuda_amp_dtype() == torch.float16)
     deep_all, small_all = cache.tensors()
-    images_all = cache.images(device if cuda else None) if online else None
+    images_all = cache.images(device) if online else None
     rng = np.random.default_rng(int(train_cfg["seed"]))
     history, best, best_state = [], -1.0, None
     street_current = street_all
