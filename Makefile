@@ -1,6 +1,11 @@
 # make run   : set up (venv, data, migrations, demo catalog) and start web + worker + vector store
-# make test  : the same set-up, then the whole test suite
+# make test  : the same set-up, then the whole test suite (test-unit, then test-integration)
+# make test-unit        : pytest -m "not integration" (fast, no services)
+# make test-integration : pytest -m integration (real processes and services)
+# make lint  : requirements in sync with pyproject.toml, ruff check, ruff format --check, mypy
 # make bench : benchmarks (ingest, search, similar products) -> docs/benchmarks.md
+# make requirements : regenerate requirements/*.txt from pyproject.toml (the source of the pins)
+# make hooks : install the pre-commit hooks (ruff, mypy from the venv) into .git/hooks
 # make evaluate [SIZE=full] : street-to-shop evaluation table -> docs/evaluation.md
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,9 +16,13 @@ export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 export DJANGO_SETTINGS_MODULE := webapp.settings
 
-.PHONY: run test bench setup venv data migrate clean street2shop evaluate
+.PHONY: run test test-unit test-integration lint requirements hooks bench setup venv data migrate clean \
+	street2shop evaluate
 
-$(STAMP): requirements.txt
+# requirements.txt is `-r requirements/dev.txt`; dev includes training, training includes runtime.
+REQUIREMENTS := requirements.txt requirements/runtime.txt requirements/training.txt requirements/dev.txt
+
+$(STAMP): $(REQUIREMENTS)
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
@@ -33,11 +42,34 @@ setup: venv data migrate
 run: setup
 	@bash scripts/run.sh
 
+# Two pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
 test: setup
-	@bash scripts/test.sh
+	@bash scripts/test.sh -m "not integration"
+	@bash scripts/test.sh -m integration
+
+test-unit: setup
+	@bash scripts/test.sh -m "not integration"
+
+test-integration: setup
+	@bash scripts/test.sh -m integration
+
+# Runs every check and fails at the end if any failed, so one run shows all problems.
+lint: venv
+	@status=0; \
+	echo "+ requirements/sync.py --check"; $(PY) requirements/sync.py --check || status=1; \
+	echo "+ ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "+ ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+requirements:
+	$(PYTHON) requirements/sync.py
+
+hooks: venv
+	$(VENV)/bin/pre-commit install
 
 bench: setup
-	$(PY) scripts/bench.py
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf var

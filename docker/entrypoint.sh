@@ -30,7 +30,7 @@ case "$role" in
     worker)
         # Prefork pool: the parent never embeds an image, so it never initialises CUDA; models load
         # lazily in the child that runs the first task.
-        exec celery -A workers.celery_app worker \
+        exec celery -A webapp worker \
             -n "worker@%h" \
             -Q "${CELERY_QUEUES:-ingest,default}" \
             --concurrency "${CELERY_CONCURRENCY:-2}" \
@@ -42,7 +42,7 @@ case "$role" in
     gpu-worker)
         # Solo pool: tasks run in this process, so CUDA is initialised exactly once, in the process
         # that uses it (a forked child of a CUDA-initialised parent cannot use the GPU).
-        exec celery -A workers.celery_app worker \
+        exec celery -A webapp worker \
             -n "gpu@%h" \
             -Q "${CELERY_GPU_QUEUES:-gpu}" \
             --pool solo \
@@ -52,7 +52,7 @@ case "$role" in
         ;;
     beat)
         # The schedule state file goes to a writable path; /app belongs to root.
-        exec celery -A workers.celery_app beat \
+        exec celery -A webapp beat \
             --schedule "${CELERY_BEAT_SCHEDULE:-${VAR_DIR:-/tmp}/celerybeat-schedule}" \
             --loglevel "${CELERY_LOGLEVEL:-INFO}" \
             "$@"

@@ -18,18 +18,18 @@ if [ -z "${MILVUS_URI:-}" ]; then
   .venv/bin/milvus-lite server --data-dir "$VAR_DIR/milvus" --host 127.0.0.1 --port "$MILVUS_PORT" \
     >"$VAR_DIR/log/milvus.log" 2>&1 &
   pids+=($!)
-  $PY scripts/wait_for_port.py 127.0.0.1 "$MILVUS_PORT" 60 || { tail -20 "$VAR_DIR/log/milvus.log"; exit 1; }
+  $PY -m webapp.ports 127.0.0.1 "$MILVUS_PORT" 60 || { tail -20 "$VAR_DIR/log/milvus.log"; exit 1; }
   echo "vector store: Milvus Lite server on $MILVUS_URI (data in $VAR_DIR/milvus)"
 fi
 
-# Prefetch 2: with the filesystem broker's 2 s drain cycle, prefetch 1 left the worker idle about half
-# the time between 32-image tasks (make bench: 15 -> 34 images/s).
-.venv/bin/celery -A workers.celery_app worker -Q ingest,default --concurrency "${CELERY_CONCURRENCY:-1}" \
-  --prefetch-multiplier 2 -O fair --loglevel INFO >"$VAR_DIR/log/worker.log" 2>&1 &
+workers/start_worker.sh ingest,default >"$VAR_DIR/log/worker.log" 2>&1 &
 pids+=($!)
 echo "worker: Celery (broker ${CELERY_BROKER_URL:-filesystem://}), log in $VAR_DIR/log/worker.log"
 
 $PY manage.py ensure_admin
+# The serving model is registered here, by the setup, never by a read: with none active, what the alias
+# already serves (or the ImageNet stand-in) becomes the active version.
+$PY manage.py ensure_default_model
 $PY manage.py load_demo_catalog --requeue-pending
 # Serve the trained default model: register it and, unless it is already active (or being embedded),
 # queue its activation; the worker re-embeds the catalog in the background and then swaps the alias.

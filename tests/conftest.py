@@ -6,7 +6,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from webapp.ports import free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+INTEGRATION_FIXTURES = {"milvus_uri", "celery_worker", "live_server", "fresh_worker"}
+INTEGRATION_MARKERS = {"worker", "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start processes or reach services (Milvus server, worker, browser) are integration tests."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames) or INTEGRATION_MARKERS & {m.name for m in item.iter_markers()}:
+            item.add_marker(pytest.mark.integration)
 
 
 def require_service(reason: str):
@@ -25,25 +37,6 @@ def require_service(reason: str):
     if os.environ.get("REQUIRE_REAL_SERVICES") == "1":
         pytest.fail(f"required service unavailable: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before opening port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open in {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -78,19 +71,31 @@ def milvus_names():
 @pytest.fixture
 def vector_store(settings, milvus_uri, milvus_names):
     """The product's vector store on the test server, emptied before each test."""
-    from webapp.search.runtime import get_vector_store
+    from webapp.search.registry import get_vector_store, reset_active_version_cache
 
     settings.MILVUS_URI = milvus_uri
     settings.MILVUS_COLLECTION_PREFIX = milvus_names["prefix"]
     settings.MILVUS_ALIAS = milvus_names["alias"]
+    reset_active_version_cache()
     store = get_vector_store()
-    client = store.client
-    if store.active_collection() is not None:
-        client.drop_alias(store.alias)
-    for name in client.list_collections():
-        if name.startswith(store.prefix + "_"):
-            client.drop_collection(name)
+    store.drop_alias()
+    for name in store.list_collections():
+        store.drop_collection(name)
     return store
+
+
+@pytest.fixture
+def serving_version(db):
+    """The ImageNet stand-in registered as the active version, as `make run`'s setup leaves it (no store call)."""
+    from webapp.search.models import ModelVersion
+    from webapp.search.registry import reset_active_version_cache
+    from webapp.search.versions import model_version_register
+
+    version, _ = model_version_register(kind=ModelVersion.Kind.IMAGENET)
+    ModelVersion.objects.filter(pk=version.pk).update(state=ModelVersion.State.ACTIVE)
+    reset_active_version_cache()
+    yield ModelVersion.objects.get(pk=version.pk)
+    reset_active_version_cache()
 
 
 def _database_url() -> str:
@@ -128,7 +133,7 @@ def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url
     log_path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "ingest,default", "--concurrency", "1",
+        [str(VENV_BIN / "celery"), "-A", "webapp", "worker", "-Q", "ingest,default", "--concurrency", "1",
          "--prefetch-multiplier", "1", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip",
          "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -430,12 +430,13 @@ def test_search_rejects_bad_params(client, data):
     assert set(response.json()) <= {"image", "k"} and response.json()
 
 
-def test_vector_store_outage_is_503(client, settings, fashion_items):
-    from webapp.search.runtime import get_vector_store
+def test_vector_store_outage_is_503(client, settings, fashion_items, serving_version):
+    from webapp.search.registry import get_vector_store
 
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     get_vector_store().connect_timeout = 1.0  # keep the test quick; the default waits longer
     product = make_product("sku-1")
+    services.product_image_create(product=product, content=fashion_items[1][0])
 
     response = client.get(f"/api/products/{product.pk}/similar/")
     assert response.status_code == 503

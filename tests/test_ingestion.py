@@ -14,6 +14,7 @@ from webapp.catalog.images import InvalidImage
 from webapp.catalog.models import Product, ProductImage
 from webapp.search import services as search_services
 from webapp.search.selectors import search_by_image, similar_products
+from webapp.search.vector_store import SearchFilters
 
 
 def make_product(sku="sku-1", price="19.99", category="Shirt", in_stock=True):
@@ -73,7 +74,7 @@ def test_file_corrupted_on_disk_is_marked_failed_with_reason(vector_store, fashi
 
 @pytest.mark.django_db
 def test_vector_store_outage_is_retried_with_backoff_then_recorded(settings, fashion_items, milvus_names):
-    from workers import tasks
+    from webapp.search import tasks
 
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     settings.MILVUS_ALIAS = milvus_names["alias"]
@@ -99,7 +100,7 @@ def test_vector_store_outage_is_retried_with_backoff_then_recorded(settings, fas
 
 
 @pytest.mark.worker
-def test_worker_ingests_saved_image_and_it_is_searchable_within_two_seconds(celery_worker, vector_store, fashion_items):
+def test_worker_ingests_a_saved_image_and_search_then_finds_it(celery_worker, vector_store, fashion_items):
     """A real worker process on the configured broker (filesystem by default, Redis in CI)."""
     products = []
     for index, (content, _) in enumerate(fashion_items[:6]):
@@ -139,16 +140,24 @@ def test_deleting_image_and_product_removes_their_vectors(celery_worker, vector_
 
 
 @pytest.mark.worker
-def test_editing_price_and_stock_updates_vector_filters(celery_worker, vector_store, fashion_items):
-    product = make_product(sku="editable", price="80.00")
-    services.product_image_create(product=product, content=fashion_items[6][0])
+def test_editing_price_stock_and_category_updates_the_vector_filters(celery_worker, vector_store, fashion_items):
+    product = make_product(sku="editable", price="80.00", category="Shirt")
+    content = fashion_items[6][0]
+    services.product_image_create(product=product, content=content)
     wait_until(lambda: vector_store.count() == 1, 90, message="ingest")
+    shoes = services.category_get_or_create(name="Shoes")
     product.price = Decimal("12.50")
     product.in_stock = False
+    product.category = shoes
     product.save()
-    wait_until(lambda: vector_store.rows_for_product(product.pk)[0]["price"] == pytest.approx(12.5), 20,
-               message="price synced")
-    assert vector_store.rows_for_product(product.pk)[0]["in_stock"] is False
+    wait_until(lambda: vector_store.rows_for_product(product.pk)[0]["category_id"] == shoes.pk, 20,
+               message="category synced")
+    row = vector_store.rows_for_product(product.pk)[0]
+    assert row["price"] == pytest.approx(12.5) and row["in_stock"] is False
+    shirts = services.category_get_or_create(name="Shirt")
+    assert search_by_image(content=content, k=3, filters=SearchFilters(category_id=shirts.pk)) == []
+    found = search_by_image(content=content, k=3, filters=SearchFilters(category_id=shoes.pk, in_stock=False))
+    assert [r.product.pk for r in found] == [product.pk]
 
 
 def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int], monkeypatch) -> None:
@@ -158,7 +167,7 @@ def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int],
     sender.conf.broker_transport_options = transport_options
     sender.conf.task_serializer = "json"
     with sender.connection_for_write() as connection:
-        sender.send_task("workers.tasks.ingest_image_batch", args=[image_ids], queue="ingest", connection=connection)
+        sender.send_task("search.ingest_image_batch", args=[image_ids], queue="ingest", connection=connection)
 
 
 @pytest.mark.worker
@@ -206,6 +215,7 @@ def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, monkeypatch, 
         stop_worker(worker)
 
 
+@pytest.mark.integration
 @pytest.mark.django_db
 def test_database_is_postgresql_when_configured():
     """CI runs the whole suite on PostgreSQL (DATABASE_URL); a bare machine uses SQLite."""

@@ -241,7 +241,7 @@ def test_product_page_without_a_ready_vector_says_so(client, ingested_catalog, f
     assert not by_class(parse(response), "similar-item")
 
 
-def test_product_page_survives_an_unreachable_vector_store(client, db, settings):
+def test_product_page_survives_an_unreachable_vector_store(client, db, settings, serving_version):
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"
     product, _ = make_product("offline-1", content=image_bytes())
     response = client.get(product.get_absolute_url())
@@ -377,7 +377,7 @@ def test_search_without_a_file_is_400(client, db):
     assert "Choose a photo" in error_text(response)
 
 
-def test_search_is_503_when_the_vector_store_is_unreachable(client, db, settings):
+def test_search_is_503_when_the_vector_store_is_unreachable(client, db, settings, serving_version):
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"
     response = search(client, image_bytes(size=(64, 64)), name="ok.png", content_type="image/png")
     assert response.status_code == 503

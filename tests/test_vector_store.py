@@ -13,12 +13,12 @@ def test_a_released_collection_is_loaded_again_on_first_read(vector_store):
     rows = [{"image_id": i, "product_id": i, "category_id": 1, "price": 10.0 * i, "in_stock": True,
              "model_version": "restart-check", "vector": np.eye(4)[i % 4].tolist()} for i in range(1, 5)]
     vector_store.upsert(rows)
-    vector_store.client.release_collection(name)
+    vector_store.release_collection(name)
 
     hits = vector_store.search(np.eye(4)[1], limit=2, filters=SearchFilters(max_price=25.0))[0]
     assert [hit.product_id for hit in hits][0] == 1
     assert all(hit.product_id in (1, 2) for hit in hits)
-    vector_store.client.release_collection(name)
+    vector_store.release_collection(name)
     assert vector_store.count() == 4
     assert [row["product_id"] for row in vector_store.rows_for_product(3)] == [3]
 
@@ -35,13 +35,11 @@ def test_stock_filter_renders_booleans(flag):
 
 
 def test_pinned_collection_reads_survive_a_released_collection(vector_store):
-    from webapp.search.runtime import collection_store
-
     name = vector_store.create_collection("restart-pinned", dim=4)
     vector_store.upsert([{"image_id": 7, "product_id": 7, "category_id": 1, "price": 1.0, "in_stock": True,
                           "model_version": "restart-pinned", "vector": [0.0, 0.0, 1.0, 0.0]}], collection=name)
-    vector_store.client.release_collection(name)
-    hits = collection_store(name).search(np.array([0.0, 0.0, 1.0, 0.0]), limit=1)[0]
+    vector_store.release_collection(name)
+    hits = vector_store.collection(name).search(np.array([0.0, 0.0, 1.0, 0.0]), limit=1)[0]
     assert [hit.product_id for hit in hits] == [7]
 
 

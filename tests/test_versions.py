@@ -6,6 +6,7 @@ imagenet-efficientnet_lite0-128 (the default here) and imagenet-efficientnet_lit
 """
 
 import json
+from pathlib import Path
 import threading
 import time
 from decimal import Decimal
@@ -16,11 +17,12 @@ from django.core.management import call_command
 from tests.conftest import start_worker, stop_worker, wait_until
 from webapp.catalog import services
 from webapp.catalog.models import ProductImage
-from webapp.search import runtime, versions
+from webapp.search import activation, registry, versions
 from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import search_by_image
 
+SHIPPED_MODEL_SECTION = json.loads((Path(__file__).parent.parent / "models/visnet-default/config.json").read_text())["model"]
 V128 = "imagenet-efficientnet_lite0-128"
 V160 = "imagenet-efficientnet_lite0-160"
 
@@ -29,9 +31,9 @@ V160 = "imagenet-efficientnet_lite0-160"
 def small_default(settings, vector_store):
     """The ImageNet stand-in at 128 px is the default version (fast on 2 cores)."""
     settings.EMBEDDER_IMAGE_SIZE = 128
-    runtime.reset_active_version_cache()
+    registry.reset_active_version_cache()
     yield vector_store
-    runtime.reset_active_version_cache()
+    registry.reset_active_version_cache()
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def fresh_worker(tmp_path, milvus_uri, milvus_names, small_default, transactiona
     """A real worker on an emptied broker (tasks other tests left queued would delay this one)."""
     from django.conf import settings
 
-    from workers.celery_app import app
+    from webapp.celery import app
 
     # test_ingestion's broker tests create a Celery("sender") app, which becomes the current app: the
     # shared tasks would then publish to that test's temporary broker. Make the project's app current.
@@ -59,7 +61,7 @@ def make_product(sku, price="19.99"):
 
 
 def collection_rows(store, name):
-    return store.client.query(name, filter="image_id >= 0", output_fields=["image_id", "model_version"], limit=1000)
+    return list(store.collection(name).iter_rows(("image_id", "model_version")))
 
 
 def top_product(content):
@@ -69,7 +71,8 @@ def top_product(content):
 
 def write_artifact(path, model_version="visnet-test-1", **overrides):
     path.mkdir(parents=True, exist_ok=True)
-    files = {"weights.pt": b"not really weights", "config.json": json.dumps({"model_version": model_version}).encode(),
+    config = {"model_version": model_version, "model": SHIPPED_MODEL_SECTION}
+    files = {"weights.pt": b"not really weights", "config.json": json.dumps(config).encode(),
              "metrics.json": json.dumps({"recall@1": 0.42, "recall@10": 0.8}).encode(), "data_hash": b"abc123\n"}
     files.update(overrides)
     for name, content in files.items():
@@ -82,7 +85,8 @@ def write_artifact(path, model_version="visnet-test-1", **overrides):
 def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_default, fresh_worker, fashion_items):
     celery_worker = fresh_worker
     store = small_default
-    assert runtime.active_version(fresh=True).model_version == V128  # registered on first use
+    assert registry.active_version(fresh=True) is None  # reads never register a version
+    assert versions.default_version_ensure().model_version == V128  # make run's setup does
     products, contents = [], []
     for index, (content, _) in enumerate(fashion_items[:6]):
         product = make_product(f"v-{index}")
@@ -94,7 +98,7 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     except AssertionError:
         print(celery_worker.log()[-6000:])
         raise
-    old_collection = runtime.collection_name(V128)
+    old_collection = registry.get_vector_store().collection_name(V128)
     assert store.active_collection() == old_collection and store.count() == 6
 
     v160, created = versions.model_version_register(kind="imagenet", image_size=160)
@@ -110,7 +114,7 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
             while not stop.is_set():
                 for product, content in zip(products, contents):
                     try:
-                        seen = runtime.active_version().model_version
+                        seen = registry.active_version().model_version
                         outcomes.append((seen, product.pk, top_product(content)))
                     except Exception as exc:  # noqa: BLE001 (any failure is the finding)
                         errors.append(repr(exc))
@@ -120,10 +124,10 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     shopper = threading.Thread(target=shop, daemon=True)
     shopper.start()
     try:
-        assert versions.model_version_activate(version=v160) == "queued"
+        assert activation.model_version_activate(version=v160) == "queued"
         wait_until(lambda: ModelVersion.objects.get(pk=v160.pk).state == "active", 60, interval=0.2,
                    message=f"v160 active (worker log: {celery_worker.log()[-2000:]})")
-        time.sleep(runtime.ACTIVE_VERSION_TTL_SECONDS + 1.0)  # the searches notice the new version
+        time.sleep(registry.ACTIVE_VERSION_TTL_SECONDS + 1.0)  # the searches notice the new version
     finally:
         stop.set()
         shopper.join(30)
@@ -131,9 +135,9 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     assert {seen for seen, _, _ in outcomes} == {V128, V160}, "searches ran on both sides of the swap"
     assert all(top == expected for _, expected, top in outcomes), [o for o in outcomes if o[1] != o[2]][:5]
 
-    new_collection = runtime.collection_name(V160)
+    new_collection = registry.get_vector_store().collection_name(V160)
     assert store.active_collection() == new_collection
-    assert store.client.has_collection(old_collection), "the previous collection stays for rollback"
+    assert store.has_collection(old_collection), "the previous collection stays for rollback"
     rows = collection_rows(store, new_collection)
     assert len(rows) == 6 and {row["model_version"] for row in rows} == {V160}
     assert set(ProductImage.objects.values_list("model_version", flat=True)) == {V160}
@@ -142,7 +146,7 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     assert v160.embedded == v160.total == 6 and v160.dim == 1280 and v160.activated_at
 
     # Activating again is a no-op; ingestion now writes the new version into the new collection.
-    assert versions.model_version_activate(version=v160) == "active"
+    assert activation.model_version_activate(version=v160) == "active"
     fresh = make_product("after-swap")
     image = services.product_image_create(product=fresh, content=fashion_items[20][0])
     wait_until(lambda: ProductImage.objects.get(pk=image.pk).status == "ready", 30, message="ingest after swap")
@@ -158,7 +162,7 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     assert ModelVersion.objects.get(model_version=V160).state == "standby"
     wait_until(lambda: ProductImage.objects.get(pk=image.pk).model_version == V128, 30, message="re-ingest on rollback")
     wait_until(lambda: store.count(collection=old_collection) == 7, 10, message="rolled-back collection caught up")
-    runtime.reset_active_version_cache()
+    registry.reset_active_version_cache()
     assert top_product(fashion_items[20][0]) == fresh.pk
     assert set(ProductImage.objects.values_list("model_version", flat=True)) == {V128}
 
@@ -171,13 +175,13 @@ def test_resumed_reembed_catches_up_with_ingest_and_deletes_then_swaps(small_def
         images.append(services.product_image_create(product=make_product(f"c-{index}"), content=content))
     search_services.images_ingest(image_ids=[i.pk for i in images])
     v160, _ = versions.model_version_register(kind="imagenet", image_size=160)
-    versions.model_version_activate(version=v160, queue=False)
+    activation.model_version_activate(version=v160, queue=False)
 
     # One batch, then the "task" runs out of time: progress is saved, the alias has not moved.
-    assert versions.catalog_reembed(version_id=v160.pk, batch_size=1, time_budget=0) is False
+    assert activation.catalog_reembed(version_id=v160.pk, batch_size=1, time_budget=0) is False
     v160.refresh_from_db()
     assert (v160.state, v160.embedded, v160.total, v160.reembed_cursor) == ("embedding", 1, 4, images[0].pk)
-    assert store.active_collection() == runtime.collection_name(V128)
+    assert store.active_collection() == registry.get_vector_store().collection_name(V128)
 
     # Meanwhile: a new image is ingested (with the active v128) and an embedded one is deleted.
     late = services.product_image_create(product=make_product("late"), content=fashion_items[40][0])
@@ -187,19 +191,19 @@ def test_resumed_reembed_catches_up_with_ingest_and_deletes_then_swaps(small_def
     ProductImage.objects.filter(pk=gone).delete()
     search_services.image_vectors_remove(image_ids=[gone])  # what the delete signal's task does
 
-    assert versions.catalog_reembed(version_id=v160.pk) is True
-    new_collection = runtime.collection_name(V160)
+    assert activation.catalog_reembed(version_id=v160.pk) is True
+    new_collection = registry.get_vector_store().collection_name(V160)
     assert store.active_collection() == new_collection
     rows = collection_rows(store, new_collection)
     assert sorted(r["image_id"] for r in rows) == sorted([i.pk for i in images[1:]] + [late.pk])
     assert {r["model_version"] for r in rows} == {V160}
-    assert store.count(collection=runtime.collection_name(V128)) == 4  # kept, minus the deleted image
+    assert store.count(collection=registry.get_vector_store().collection_name(V128)) == 4  # kept, minus the deleted image
     assert set(ProductImage.objects.values_list("model_version", flat=True)) == {V160}
 
     # Safe to re-run: nothing changes, nothing is duplicated.
-    assert versions.catalog_reembed(version_id=v160.pk) is True
+    assert activation.catalog_reembed(version_id=v160.pk) is True
     assert len(collection_rows(store, new_collection)) == 4
-    runtime.reset_active_version_cache()
+    registry.reset_active_version_cache()
     assert top_product(fashion_items[40][0]) == late.product_id
 
 
@@ -223,11 +227,11 @@ def test_failed_activation_leaves_the_alias_untouched(small_default, fashion_ite
         call_command("activate_model", "visnet-test-1", "--sync")
     version.refresh_from_db()
     assert version.state == "failed" and "missing" in version.error
-    assert store.active_collection() == runtime.collection_name(V128)
-    assert runtime.active_version(fresh=True).model_version == V128
+    assert store.active_collection() == registry.get_vector_store().collection_name(V128)
+    assert registry.active_version(fresh=True).model_version == V128
     assert top_product(fashion_items[50][0]) == image.product_id
-    with pytest.raises(versions.VersionError):
-        versions.model_version_rollback()  # nothing on standby
+    with pytest.raises(activation.VersionError):
+        activation.model_version_rollback()  # nothing on standby
 
 
 @pytest.mark.django_db

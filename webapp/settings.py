@@ -169,8 +169,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
-    "workers.tasks.ingest_image_batch": {"queue": "ingest"},
-    "workers.tasks.reembed_catalog": {"queue": "default"},
+    "search.ingest_image_batch": {"queue": "ingest"},
+    "search.remove_image_vectors": {"queue": "default"},
+    "search.sync_product_vectors": {"queue": "default"},
+    "search.reembed_catalog": {"queue": "default"},
 }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

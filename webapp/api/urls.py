@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from webapp.api import views
+from webapp.api import docs, views
 
 app_name = "api"
 urlpatterns = [
@@ -11,5 +11,5 @@ urlpatterns = [
     path("products/<int:product_id>/similar/", views.ProductSimilarApi.as_view(), name="product-similar"),
     path("search/", views.SearchByImageApi.as_view(), name="search"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", views.api_docs, name="docs"),
+    path("docs/", docs.api_docs, name="docs"),
 ]

@@ -10,9 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from django.conf import settings
+from django.core.files import File
+from django.core.files.uploadedfile import UploadedFile
+from django.template.defaultfilters import filesizeformat
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -32,13 +37,48 @@ class ValidatedImage:
     checksum: str
 
 
+def _human(size: int) -> str:
+    return filesizeformat(size).replace("\xa0", " ")
+
+
+def check_size(size: int | None, name: str = "The file") -> None:
+    """The one upload size rule (settings.IMAGE_MAX_BYTES), checked before bytes are read when the size is known."""
+    limit = settings.IMAGE_MAX_BYTES
+    if size is not None and size > limit:
+        raise InvalidImage(f"{name} is {_human(size)}; the limit is {_human(limit)}.")
+
+
+def read_limited(stream: BinaryIO, declared_size: int | None = None, name: str = "The file") -> bytes:
+    """Read an uploaded or local file, refusing it before reading when it declares (or turns out) too large."""
+    check_size(declared_size, name)
+    limit = settings.IMAGE_MAX_BYTES
+    content = stream.read(limit + 1)
+    if len(content) > limit:
+        raise InvalidImage(f"{name} is larger than the {_human(limit)} limit.")
+    return content
+
+
+def read_upload(upload: UploadedFile) -> bytes:
+    """The bytes of a file uploaded through the page or the API (size checked before reading)."""
+    upload.seek(0)
+    return read_limited(upload, upload.size)
+
+
+def read_chunks(chunks: Iterable[bytes], name: str) -> bytes:
+    """Join a stream of chunks (a download), stopping as soon as it passes the size limit."""
+    parts, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > settings.IMAGE_MAX_BYTES:
+            raise InvalidImage(f"{name} is larger than the {_human(settings.IMAGE_MAX_BYTES)} limit.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def validate_image_bytes(content: bytes) -> ValidatedImage:
     if not content:
         raise InvalidImage("The file is empty (0 bytes).")
-    if len(content) > settings.IMAGE_MAX_BYTES:
-        raise InvalidImage(
-            f"The file is {len(content) / 1e6:.1f} MB; the limit is {settings.IMAGE_MAX_BYTES / 1e6:.0f} MB."
-        )
+    check_size(len(content))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -93,6 +133,14 @@ def open_normalised(content: bytes) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def open_stored_image(stored: File) -> Image.Image:
+    """A stored catalog image, validated again (the file may have changed on disk) and normalised."""
+    with stored.open("rb") as handle:
+        content = read_limited(handle)
+    validate_image_bytes(content)
+    return open_normalised(content)
 
 
 def make_thumbnail(image: Image.Image, size: int) -> bytes:

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from webapp.catalog import services
-from webapp.catalog.images import InvalidImage
+from webapp.catalog.images import InvalidImage, read_chunks, read_limited
 
 REQUIRED_FIELDS = ("sku", "title", "price", "category")
 TRUE_WORDS = {"1", "true", "yes", "y", "in stock", "instock"}
@@ -156,23 +156,15 @@ def _fetch_image(source: str, base_dir: Path) -> bytes:
     path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
         raise RowError(f"image file {source!r} not found")
-    if path.stat().st_size > settings.IMAGE_MAX_BYTES:
-        raise InvalidImage(f"image file {source!r} is larger than {settings.IMAGE_MAX_BYTES / 1e6:.0f} MB")
-    return path.read_bytes()
+    with path.open("rb") as handle:
+        return read_limited(handle, path.stat().st_size, name=f"image file {source!r}")
 
 
 def _download(url: str) -> bytes:
-    limit = settings.IMAGE_MAX_BYTES
     try:
         with requests.get(url, stream=True, timeout=settings.IMPORT_DOWNLOAD_TIMEOUT_SECONDS) as response:
             if response.status_code != 200:
                 raise RowError(f"image {url}: HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise InvalidImage(f"image {url} is larger than {limit / 1e6:.0f} MB")
-                chunks.append(chunk)
+            return read_chunks(response.iter_content(64 * 1024), name=f"image {url}")
     except requests.RequestException as exc:
         raise RowError(f"image {url}: download failed ({type(exc).__name__})") from None
-    return b"".join(chunks)

@@ -10,6 +10,7 @@ from django.utils.text import slugify
 
 from webapp.catalog.images import validate_image_bytes
 from webapp.catalog.models import Category, Product, ProductImage
+from webapp.search import dispatch
 
 
 def category_get_or_create(*, name: str) -> Category:
@@ -54,6 +55,14 @@ def product_upsert(
     return product, created
 
 
+def product_create(*, category_name: str, **fields) -> Product:
+    """Create (or update by SKU) a product, creating its category by name when new; all or nothing."""
+    with transaction.atomic():
+        category = category_get_or_create(name=category_name)
+        product, _ = product_upsert(category=category, **fields)
+    return product
+
+
 def product_image_create(*, product: Product, content: bytes, source_url: str = "", position: int = 0) -> ProductImage:
     """Validate the bytes, store them, and queue ingestion once the transaction commits.
 
@@ -75,19 +84,16 @@ def product_image_create(*, product: Product, content: bytes, source_url: str = 
         )
         image.image.save(f"{validated.checksum[:16]}.{validated.extension}", ContentFile(content), save=False)
         image.save()
-        transaction.on_commit(lambda: _queue_ingest([image.pk]))
+        dispatch.ingest_queue_on_commit(image_ids=[image.pk])
     return image
 
 
-def product_images_queue_ingest(*, image_ids: list[int], batch_size: int = 32) -> int:
+def product_images_queue_ingest(*, image_ids: list[int]) -> int:
     """Queue (re-)ingestion of existing images in batches; returns the number of tasks queued."""
-    batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
-    for batch in batches:
-        _queue_ingest(batch)
-    return len(batches)
+    return dispatch.ingest_queue(image_ids=image_ids)
 
 
-def _queue_ingest(image_ids: list[int]) -> None:
-    from workers.tasks import ingest_image_batch
-
-    ingest_image_batch.delay(image_ids)
+def product_delete(*, product: Product) -> None:
+    """Delete a product and its images; their files and vectors go once the transaction commits (signals)."""
+    with transaction.atomic():
+        product.delete()

@@ -5,17 +5,16 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from webapp.catalog.models import Product, ProductImage
+from webapp.search import dispatch
 
 VECTOR_FIELDS = ("price", "category_id", "in_stock")
 
 
 @receiver(post_delete, sender=ProductImage)
 def remove_vectors_of_deleted_image(sender, instance, **kwargs):
-    from workers.tasks import remove_image_vectors
-
     image_id = instance.pk
     storage, names = instance.image.storage, [f.name for f in (instance.image, instance.thumbnail) if f]
-    transaction.on_commit(lambda: remove_image_vectors.delay([image_id]))
+    dispatch.image_vectors_removal_on_commit(image_ids=[image_id])
     transaction.on_commit(lambda: [storage.delete(name) for name in names])
 
 
@@ -32,7 +31,4 @@ def refresh_vectors_of_edited_product(sender, instance, created, **kwargs):
     if created or previous is None:
         return
     if any(previous[field] != getattr(instance, field) for field in VECTOR_FIELDS):
-        from workers.tasks import sync_product_vectors
-
-        product_id = instance.pk
-        transaction.on_commit(lambda: sync_product_vectors.delay(product_id))
+        dispatch.product_vectors_sync_on_commit(product_id=instance.pk)

@@ -3,7 +3,7 @@ import json
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from webapp.search import versions
+from webapp.search import activation
 from webapp.search.models import ModelVersion
 
 
@@ -13,7 +13,7 @@ def activate_versions(modeladmin, request, queryset):
         messages.error(request, "Select exactly one version to activate.")
         return
     version = queryset.get()
-    outcome = versions.model_version_activate(version=version)
+    outcome = activation.model_version_activate(version=version)
     if outcome == "active":
         messages.info(request, f"{version.model_version} is already active.")
     else:
@@ -27,8 +27,8 @@ def rollback_to_version(modeladmin, request, queryset):
         messages.error(request, "Select exactly one standby version to roll back to.")
         return
     try:
-        version = versions.model_version_rollback(version=queryset.get())
-    except versions.VersionError as exc:
+        version = activation.model_version_rollback(version=queryset.get())
+    except activation.VersionError as exc:
         messages.error(request, str(exc))
         return
     messages.success(request, f"{version.model_version} is active again.")

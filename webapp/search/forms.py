@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
-from webapp.catalog.images import ALLOWED_FORMATS, make_thumbnail, open_normalised
+from webapp.catalog.images import ALLOWED_FORMATS, InvalidImage, make_thumbnail, open_normalised, read_upload
 from webapp.catalog.models import Category
 from webapp.search.vector_store import SearchFilters
 
@@ -47,18 +47,11 @@ class VisualSearchForm(forms.Form):
         self.fields["image"].help_text = f"{formats}; up to {filesizeformat(settings.IMAGE_MAX_BYTES)}."
 
     def clean_image(self) -> bytes:
-        """Return the uploaded bytes, reading at most IMAGE_MAX_BYTES (+1 to detect an oversize file)."""
-        upload = self.cleaned_data["image"]
-        limit = settings.IMAGE_MAX_BYTES
-        if upload.size is not None and upload.size > limit:
-            raise forms.ValidationError(
-                f"The file is {filesizeformat(upload.size)}; the limit is {filesizeformat(limit)}.", code="too_large"
-            )
-        upload.seek(0)
-        content = upload.read(limit + 1)
-        if len(content) > limit:
-            raise forms.ValidationError(f"The file is larger than the {filesizeformat(limit)} limit.", code="too_large")
-        return content
+        """The uploaded bytes; an oversized file is refused before it is read (webapp.catalog.images)."""
+        try:
+            return read_upload(self.cleaned_data["image"])
+        except InvalidImage as exc:
+            raise forms.ValidationError(str(exc), code="too_large") from None
 
     def filters(self) -> SearchFilters:
         data = self.cleaned_data

@@ -10,7 +10,7 @@ from django.core.cache import cache
 
 from webapp.catalog.images import open_normalised, validate_image_bytes
 from webapp.catalog.models import Product
-from webapp.search.runtime import active_store, active_version, get_embedder
+from webapp.search import registry
 from webapp.search.vector_store import Hit, SearchFilters, best_per_product
 
 MAX_K = 100
@@ -36,10 +36,13 @@ def _overfetch(k: int) -> int:
 
 def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
     k = max(1, min(int(k), MAX_K))
-    store = active_store()  # the active version's own collection (what the alias points at once swapped)
+    version = registry.active_version()
+    if version is None:
+        return []  # nothing registered yet: nothing is indexed
+    store = registry.version_store(version)  # the active version's own collection (pinned by name)
     filters = SearchFilters(filters.category_id, filters.max_price, filters.in_stock, exclude_product_id=product.pk)
     filter_digest = hashlib.sha1(filters.expression().encode()).hexdigest()[:16]
-    cache_key = f"similar:{store.active_collection()}:{product.pk}:{k}:{filter_digest}"
+    cache_key = f"similar:{store.target}:{product.pk}:{k}:{filter_digest}"
     cached = cache.get(cache_key)
     if cached is None:
         vectors = store.vectors_for_images(list(product.images.values_list("pk", flat=True)))
@@ -58,7 +61,9 @@ def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = Sea
     picture = open_normalised(content)
     # One snapshot of the active version: the query is embedded by the same model as the vectors it
     # searches, even while the alias swaps (the previous collection stays until it is dropped).
-    version = active_version()
-    vector = get_embedder(version).embed_one(picture)
-    hits = best_per_product(active_store(version).search(vector, _overfetch(k), filters), k)
+    version = registry.active_version()
+    if version is None:
+        return []
+    vector = registry.embedder_for(version).embed_one(picture)
+    hits = best_per_product(registry.version_store(version).search(vector, _overfetch(k), filters), k)
     return _ranked(hits, k)

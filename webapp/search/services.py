@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
+from PIL import Image
 
-from webapp.catalog.images import InvalidImage, make_thumbnail, open_normalised, validate_image_bytes
-from webapp.catalog.models import ProductImage
-from webapp.search import runtime
-from webapp.search.runtime import get_embedder, get_vector_store
+from webapp.catalog.images import InvalidImage, make_thumbnail, open_stored_image
+from webapp.catalog.models import Product, ProductImage
+from webapp.search import registry
+from webapp.search.models import ModelVersion
+from webapp.search.vector_store import MilvusVectorStore
+from webapp.search.versions import default_version_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -37,93 +41,93 @@ def vector_row(image: ProductImage, vector, model_version: str) -> dict:
     }
 
 
+def _prepare(images: list[ProductImage], report: IngestReport) -> list[tuple[ProductImage, Image.Image, bytes]]:
+    """Decode each stored image (validated again: the file may have changed on disk) and thumbnail it."""
+    prepared = []
+    for image in images:
+        try:
+            picture = open_stored_image(image.image)
+            prepared.append((image, picture, make_thumbnail(picture, settings.THUMBNAIL_SIZE)))
+        except (InvalidImage, FileNotFoundError, OSError) as exc:
+            report.failed[image.pk] = f"{type(exc).__name__}: {exc}"
+    return prepared
+
+
+def _active_or_default() -> ModelVersion:
+    return registry.active_version(fresh=True) or default_version_ensure()
+
+
 def images_ingest(*, image_ids: list[int]) -> IngestReport:
     """Validate, normalise, thumbnail, embed and upsert the given images (idempotent per image id).
 
     A bad image is marked failed with its reason; a vector-store outage raises VectorStoreUnavailable
     so the caller can retry, leaving the images as they were.
     """
-    from django.conf import settings
-
     report = IngestReport()
     images = list(ProductImage.objects.select_related("product").filter(pk__in=image_ids))
     report.missing = sorted(set(image_ids) - {img.pk for img in images})
     ProductImage.objects.filter(pk__in=[img.pk for img in images]).update(status=ProductImage.Status.PROCESSING)
-
-    prepared = []
-    for image in images:
-        try:
-            with image.image.open("rb") as handle:
-                content = handle.read()
-            validate_image_bytes(content)
-            picture = open_normalised(content)
-            prepared.append((image, picture, make_thumbnail(picture, settings.THUMBNAIL_SIZE)))
-        except (InvalidImage, FileNotFoundError, OSError) as exc:
-            report.failed[image.pk] = f"{type(exc).__name__}: {exc}"
+    prepared = _prepare(images, report)
     if report.failed:
         images_mark_failed(image_ids=list(report.failed), reason_by_id=report.failed)
     if not prepared:
         return report
 
-    store = get_vector_store()
     # The active version, read fresh (no TTL): its embedder writes into its own collection by name,
     # so a batch that straddles an alias swap never mixes models. If the version changed while we
     # embedded, embed again with the new one (the re-embed's catch-up also covers this).
-    version = runtime.active_version(fresh=True)
+    version = _active_or_default()
     for _ in range(3):
-        used, embedder = version, get_embedder(version)
+        used, embedder = version, registry.embedder_for(version)
         vectors = embedder.embed([picture for _, picture, _ in prepared])
-        version = runtime.active_version(fresh=True)
+        version = _active_or_default()
         if version.model_version == used.model_version:
             break
     collection = collection_ensure(version=used, dim=embedder.dim)
-    store.upsert([vector_row(image, vector, embedder.model_version)
-                  for (image, _, _), vector in zip(prepared, vectors)], collection=collection)
-
-    now = timezone.now()
+    registry.get_vector_store().upsert([vector_row(image, vector, embedder.model_version)
+                                        for (image, _, _), vector in zip(prepared, vectors, strict=True)],
+                                       collection=collection)
     for image, _, thumbnail in prepared:
-        with transaction.atomic():
-            locked = ProductImage.objects.select_for_update().filter(pk=image.pk).first()
-            if locked is None:
-                # Deleted while we embedded it: do not leave its vector behind.
-                runtime.collection_store(collection).delete_images([image.pk])
-                report.missing.append(image.pk)
-                continue
-            if locked.thumbnail:
-                locked.thumbnail.delete(save=False)
-            locked.thumbnail.save(f"{image.pk}.webp", ContentFile(thumbnail), save=False)
-            locked.status = ProductImage.Status.READY
-            locked.error = ""
-            locked.attempts = locked.attempts + 1
-            locked.model_version = embedder.model_version
-            locked.embedded_at = now
-            locked.save(update_fields=["thumbnail", "status", "error", "attempts", "model_version", "embedded_at"])
-        report.ready.append(image.pk)
+        if _mark_ready(image, thumbnail, embedder.model_version):
+            report.ready.append(image.pk)
+        else:  # deleted while we embedded it: do not leave its vector behind
+            registry.get_vector_store().collection(collection).delete_images([image.pk])
+            report.missing.append(image.pk)
     return report
 
 
-def collection_ensure(*, version, dim: int) -> str:
+def _mark_ready(image: ProductImage, thumbnail: bytes, model_version: str) -> bool:
+    with transaction.atomic():
+        locked = ProductImage.objects.select_for_update().filter(pk=image.pk).first()
+        if locked is None:
+            return False
+        if locked.thumbnail:
+            locked.thumbnail.delete(save=False)
+        locked.thumbnail.save(f"{image.pk}.webp", ContentFile(thumbnail), save=False)
+        locked.status = ProductImage.Status.READY
+        locked.error = ""
+        locked.attempts = locked.attempts + 1
+        locked.model_version = model_version
+        locked.embedded_at = timezone.now()
+        locked.save(update_fields=["thumbnail", "status", "error", "attempts", "model_version", "embedded_at"])
+    return True
+
+
+def collection_ensure(*, version: ModelVersion, dim: int) -> str:
     """The collection of `version`, created when missing; the alias is pointed at it when it has none."""
-    store = get_vector_store()
+    store = registry.get_vector_store()
     name = store.create_collection(version.model_version, dim)
     if store.active_collection() is None:
         store.point_alias(name)
     return name
 
 
-def _kept_stores():
+def _kept_stores() -> list[MilvusVectorStore]:
     """Collections besides the alias that deletes reach (a version being embedded, standby versions)."""
-    from webapp.search.versions import kept_collections
-
-    alias_target = get_vector_store().active_collection()
-    stores = []
-    for name in kept_collections():
-        if name == alias_target:
-            continue
-        store = runtime.collection_store(name)
-        if store.exists():
-            stores.append(store)
-    return stores
+    store = registry.get_vector_store()
+    alias_target = store.active_collection()
+    kept = [store.collection(name) for name in registry.kept_collections() if name != alias_target]
+    return [view for view in kept if view.exists()]
 
 
 def images_mark_failed(*, image_ids: list[int], reason_by_id: dict[int, str] | None = None, reason: str = "") -> None:
@@ -136,16 +140,14 @@ def images_mark_failed(*, image_ids: list[int], reason_by_id: dict[int, str] | N
 
 
 def image_vectors_remove(*, image_ids: list[int]) -> None:
-    get_vector_store().delete_images(image_ids)
+    registry.get_vector_store().delete_images(image_ids)
     for store in _kept_stores():  # a rollback or a finishing re-embed must not bring them back
         store.delete_images(image_ids)
 
 
 def product_vectors_sync(*, product_id: int) -> int:
     """Rewrite the scalar fields (price, category, stock) of a product's vectors; returns rows rewritten."""
-    from webapp.catalog.models import Product
-
-    store = get_vector_store()
+    store = registry.get_vector_store()
     product = Product.objects.filter(pk=product_id).first()
     if product is None:
         store.delete_products([product_id])

@@ -1,7 +1,12 @@
 """The product vector store: one Milvus collection per model version behind an alias.
 
-Rows are keyed by product image id, so re-ingesting an image overwrites its vector. Every row
-carries the product id, category id, price, stock flag and the model version that made it.
+This is the only module that imports pymilvus. Rows are keyed by product image id, so re-ingesting
+an image overwrites its vector. Every row carries the product id, category id, price, stock flag and
+the model version that made it. Errors leave this module as `VectorStoreError` subclasses.
+
+A store object targets either the alias (what the product reads) or, through `collection(name)`,
+one collection by name (a pinned view sharing the same connection). Reads on a pinned collection
+that does not exist answer empty; reads on an alias that points nowhere yet answer empty too.
 """
 
 from __future__ import annotations
@@ -9,18 +14,29 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ErrorCode, MilvusException
 
 RELEASED_COLLECTION = re.compile(r"Collection '([^']+)' is in state 'released'")
 OUTPUT_FIELDS = ["product_id", "category_id", "price", "in_stock", "model_version"]
+MAX_SEARCH_LIMIT = 16384
 
 
-class VectorStoreUnavailable(RuntimeError):
+class VectorStoreError(RuntimeError):
+    """Any failure of the vector store."""
+
+
+class VectorStoreUnavailable(VectorStoreError):
     """Milvus could not be reached or refused the call; transient, worth a retry."""
+
+
+class CollectionNotFound(VectorStoreError):
+    """The alias or collection does not exist (a fresh install before the first vector)."""
 
 
 @dataclass(frozen=True)
@@ -54,25 +70,44 @@ def collection_name_for(prefix: str, model_version: str) -> str:
     return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', model_version)}"
 
 
-class MilvusVectorStore:
-    def __init__(self, uri: str, token: str = "", alias: str = "products_active", prefix: str = "products",
-                 index_type: str = "AUTOINDEX", connect_timeout: float = 5.0):
-        self.uri = uri
-        self.token = token
-        self.alias = alias
-        self.prefix = prefix
-        self.index_type = index_type
-        self.connect_timeout = connect_timeout
+class VectorStore(Protocol):
+    """What the product needs from a vector store (Milvus here; a fake in the unit tests)."""
+
+    alias: str
+
+    def collection_name(self, model_version: str) -> str: ...
+    def collection(self, name: str) -> VectorStore: ...
+    def create_collection(self, model_version: str, dim: int) -> str: ...
+    def has_collection(self, name: str) -> bool: ...
+    def exists(self) -> bool: ...
+    def drop_collection(self, name: str) -> None: ...
+    def active_collection(self) -> str | None: ...
+    def point_alias(self, collection: str) -> None: ...
+    def upsert(self, rows: list[dict], collection: str | None = None, flush: bool = True) -> None: ...
+    def flush(self, collection: str | None = None) -> None: ...
+    def delete_images(self, image_ids: list[int]) -> None: ...
+    def delete_products(self, product_ids: list[int]) -> None: ...
+    def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]: ...
+    def vectors_for_images(self, image_ids: list[int]) -> np.ndarray: ...
+    def iter_rows(self, output_fields: tuple[str, ...] = ..., batch_size: int = 1000) -> Iterator[dict]: ...
+    def iter_image_ids(self, batch_size: int = 1000) -> Iterator[int]: ...
+    def count(self, collection: str | None = None) -> int: ...
+    def search(self, vectors: np.ndarray, limit: int, filters: SearchFilters = ...) -> list[list[Hit]]: ...
+
+
+class _Connection:
+    """One MilvusClient per URI, shared by every view of the store; a failed connect fails fast for a while."""
+
+    def __init__(self, uri: str, token: str, connect_timeout: float):
+        self.uri, self.token, self.connect_timeout = uri, token, connect_timeout
         self.reconnect_backoff = min(connect_timeout, 3.0)
         self._retry_connect_after = 0.0
         self._client: MilvusClient | None = None
-        self._client_lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    @property
     def client(self) -> MilvusClient:
-        with self._client_lock:
+        with self._lock:
             if self._client is None:
-                # After a failed connect, fail fast for a few seconds instead of blocking every request.
                 if time.monotonic() < self._retry_connect_after:
                     raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable (recent connect failed)")
                 try:
@@ -82,36 +117,92 @@ class MilvusVectorStore:
                     raise VectorStoreUnavailable(f"Milvus at {self.uri} is unreachable: {exc}") from exc
             return self._client
 
+
+def _is_missing(exc: MilvusException) -> bool:
+    return exc.code == ErrorCode.COLLECTION_NOT_FOUND or "does not exist" in str(exc) or "not found" in str(exc)
+
+
+class MilvusVectorStore:
+    """The store behind `alias` (writes that follow the alias, admin, counts), or a collection pinned by name."""
+
+    def __init__(self, uri: str, token: str = "", alias: str = "products_active", prefix: str = "products",
+                 index_type: str = "AUTOINDEX", connect_timeout: float = 5.0, *,
+                 _connection: _Connection | None = None, _pinned: str | None = None):
+        self.uri = uri
+        self.token = token
+        self.alias = alias
+        self.prefix = prefix
+        self.index_type = index_type
+        self._connection = _connection or _Connection(uri, token, connect_timeout)
+        self._pinned = _pinned
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._connection.connect_timeout
+
+    @connect_timeout.setter
+    def connect_timeout(self, seconds: float) -> None:
+        self._connection.connect_timeout = seconds
+        self._connection.reconnect_backoff = min(seconds, 3.0)
+
+    @property
+    def target(self) -> str:
+        """The name reads and writes go to: the pinned collection, or the alias."""
+        return self._pinned or self.alias
+
+    def collection_name(self, model_version: str) -> str:
+        return collection_name_for(self.prefix, model_version)
+
+    def collection(self, name: str) -> MilvusVectorStore:
+        """A view of this store pinned to one collection by name (same connection)."""
+        return MilvusVectorStore(self.uri, self.token, self.alias, self.prefix, self.index_type,
+                                 _connection=self._connection, _pinned=name)
+
+    # Calls ------------------------------------------------------------------------------------
     def _invoke(self, method: str, *args, **kwargs):
         """Call the client; a collection the server restarted with is released: load it and retry once."""
+        client = self._connection.client()
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            return getattr(client, method)(*args, **kwargs)
         except MilvusException as exc:
             released = RELEASED_COLLECTION.search(str(exc))
             if released is None:
                 raise
-            self.client.load_collection(released.group(1))
-            return getattr(self.client, method)(*args, **kwargs)
+            client.load_collection(released.group(1))
+            return getattr(client, method)(*args, **kwargs)
 
     def _call(self, method: str, *args, **kwargs):
         try:
             return self._invoke(method, *args, **kwargs)
         except MilvusException as exc:
+            if _is_missing(exc):
+                raise CollectionNotFound(f"Milvus {method}: {exc}") from exc
             raise VectorStoreUnavailable(f"Milvus {method} failed: {exc}") from exc
 
     def _read(self, method: str, *args, empty, **kwargs):
-        """A read on the alias; before the first vector is ingested there is no collection: empty result."""
+        """A read on the target; before it exists (no vector ingested yet) the answer is empty."""
         try:
-            return self._invoke(method, *args, **kwargs)
-        except MilvusException as exc:
-            if "does not exist" in str(exc) and self.active_collection() is None:
+            return self._call(method, *args, **kwargs)
+        except CollectionNotFound:
+            return empty
+        except VectorStoreUnavailable:
+            if self._pinned is not None and not self.exists():
                 return empty
-            raise VectorStoreUnavailable(f"Milvus {method} failed: {exc}") from exc
+            raise
 
     # Collections and the alias ---------------------------------------------------------------
+    def has_collection(self, name: str) -> bool:
+        return bool(self._call("has_collection", name))
+
+    def exists(self) -> bool:
+        """Whether the target exists: the pinned collection, or a collection behind the alias."""
+        if self._pinned is not None:
+            return self.has_collection(self._pinned)
+        return self.active_collection() is not None
+
     def create_collection(self, model_version: str, dim: int) -> str:
-        name = collection_name_for(self.prefix, model_version)
-        if self._call("has_collection", name):
+        name = self.collection_name(model_version)
+        if self.has_collection(name):
             return name
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("image_id", DataType.INT64, is_primary=True)
@@ -138,11 +229,9 @@ class MilvusVectorStore:
     def active_collection(self) -> str | None:
         """The collection the alias points at; None before the first collection is created."""
         try:
-            return self.client.describe_alias(self.alias)["collection_name"]
-        except MilvusException as exc:
-            if "does not exist" in str(exc):
-                return None
-            raise VectorStoreUnavailable(f"Milvus describe_alias failed: {exc}") from exc
+            return self._call("describe_alias", self.alias)["collection_name"]
+        except CollectionNotFound:
+            return None
 
     def point_alias(self, collection: str) -> None:
         """Make the alias the product reads point at `collection` (atomic swap when it exists)."""
@@ -151,39 +240,48 @@ class MilvusVectorStore:
         else:
             self._call("alter_alias", collection, self.alias)
 
-    def ensure_active(self, model_version: str, dim: int) -> str:
-        active = self.active_collection()
-        if active is not None:
-            return active
-        name = self.create_collection(model_version, dim)
-        self.point_alias(name)
-        return name
-
     def drop_collection(self, name: str) -> None:
         if name == self.active_collection():
             raise ValueError(f"{name} is the active collection; point the alias elsewhere first")
         self._call("drop_collection", name)
 
+    def drop_alias(self) -> None:
+        if self.active_collection() is not None:
+            self._call("drop_alias", self.alias)
+
+    def list_collections(self) -> list[str]:
+        """The collections of this store's prefix."""
+        return [name for name in self._call("list_collections") if name.startswith(self.prefix + "_")]
+
+    def release_collection(self, name: str) -> None:
+        """Unload a collection from memory (as a server restart does); the next read loads it again."""
+        self._call("release_collection", name)
+
     # Rows ------------------------------------------------------------------------------------
     def upsert(self, rows: list[dict], collection: str | None = None, flush: bool = True) -> None:
         if not rows:
             return
-        target = collection or self.alias
+        target = collection or self.target
         self._call("upsert", target, rows)
         if flush:
             self._call("flush", target)
 
+    def flush(self, collection: str | None = None) -> None:
+        """Seal what was written so a search sees it (used when freshness is promised)."""
+        self._call("flush", collection or self.target)
+
     def delete_images(self, image_ids: list[int]) -> None:
         if image_ids:
-            self._call("delete", self.alias, ids=[int(i) for i in image_ids])
+            self._call("delete", self.target, ids=[int(i) for i in image_ids])
 
     def delete_products(self, product_ids: list[int]) -> None:
         if product_ids:
-            self._call("delete", self.alias, filter=f"product_id in {[int(p) for p in product_ids]}")
+            self._call("delete", self.target, filter=f"product_id in {[int(p) for p in product_ids]}")
 
     def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]:
         fields = ["image_id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
-        return self._read("query", self.alias, filter=f"product_id == {int(product_id)}", output_fields=fields, empty=[])
+        return self._read("query", self.target, filter=f"product_id == {int(product_id)}", output_fields=fields,
+                          empty=[])
 
     def vectors_for_images(self, image_ids: list[int]) -> np.ndarray:
         """Vectors of the given images (those indexed), fetched by primary key.
@@ -193,11 +291,36 @@ class MilvusVectorStore:
         """
         if not image_ids:
             return np.zeros((0, 0), dtype=np.float32)
-        rows = self._read("get", self.alias, ids=[int(i) for i in image_ids], output_fields=["vector"], empty=[])
+        rows = self._read("get", self.target, ids=[int(i) for i in image_ids], output_fields=["vector"], empty=[])
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
+    def iter_rows(self, output_fields: tuple[str, ...] = ("image_id",), batch_size: int = 1000) -> Iterator[dict]:
+        """Every row of the target with the given fields, in batches from the server (nothing when it does not exist)."""
+        if not self.exists():
+            return
+        try:
+            iterator = self._invoke("query_iterator", collection_name=self.target, batch_size=batch_size,
+                                    filter="image_id >= 0", output_fields=list(output_fields))
+        except MilvusException as exc:
+            raise VectorStoreUnavailable(f"Milvus query_iterator failed: {exc}") from exc
+        try:
+            while True:
+                try:
+                    rows = iterator.next()
+                except MilvusException as exc:
+                    raise VectorStoreUnavailable(f"Milvus query_iterator failed: {exc}") from exc
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            iterator.close()
+
+    def iter_image_ids(self, batch_size: int = 1000) -> Iterator[int]:
+        for row in self.iter_rows(("image_id",), batch_size):
+            yield int(row["image_id"])
+
     def count(self, collection: str | None = None) -> int:
-        result = self._read("query", collection or self.alias, filter="", output_fields=["count(*)"],
+        result = self._read("query", collection or self.target, filter="", output_fields=["count(*)"],
                             empty=[{"count(*)": 0}])
         return int(result[0]["count(*)"])
 
@@ -207,16 +330,17 @@ class MilvusVectorStore:
             vectors = vectors[None, :]
         results = self._read(
             "search",
-            self.alias,
+            self.target,
             data=vectors.tolist(),
-            limit=min(int(limit), 16384),
+            limit=min(int(limit), MAX_SEARCH_LIMIT),
             filter=filters.expression(),
             output_fields=["product_id"],
             search_params={"metric_type": "COSINE", **self._search_options()},
             empty=[[] for _ in vectors],
         )
         return [
-            [Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"])) for h in hits]
+            [Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"]))
+             for h in hits]
             for hits in results
         ]
 

@@ -2,7 +2,7 @@ import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.search import versions
+from webapp.search import activation
 from webapp.search.models import ModelVersion
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
         if version is None:
             known = ", ".join(ModelVersion.objects.values_list("model_version", flat=True)) or "none"
             raise CommandError(f"no model version {model_version!r} (registered: {known})")
-        outcome = versions.model_version_activate(version=version, queue=not sync)
+        outcome = activation.model_version_activate(version=version, queue=not sync)
         if outcome == "active":
             self.stdout.write(f"{model_version} is already active")
             return
@@ -27,10 +27,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{model_version}: re-embedding the catalog in the background worker; "
                               "the alias swaps when it is done (progress in the admin, Model versions)")
             return
-        logging.getLogger("webapp.search.versions").setLevel(logging.INFO)
+        logging.getLogger("webapp.search.activation").setLevel(logging.INFO)
         try:
-            versions.catalog_reembed(version_id=version.pk)
-        except versions.ReembedFailed as exc:
+            activation.catalog_reembed(version_id=version.pk)
+        except activation.ReembedFailed as exc:
             raise CommandError(f"{model_version} failed: {exc}") from exc
         version.refresh_from_db()
         self.stdout.write(f"{model_version} is {version.state} ({version.embedded} images embedded)")

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.search import versions
+from webapp.search import activation
 from webapp.search.models import ModelVersion
 
 
@@ -17,7 +17,7 @@ class Command(BaseCommand):
             if version is None:
                 raise CommandError(f"no model version {model_version!r}")
         try:
-            version = versions.model_version_rollback(version=version)
-        except versions.VersionError as exc:
+            version = activation.model_version_rollback(version=version)
+        except activation.VersionError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"rolled back: {version.model_version} is active")

@@ -1,4 +1,4 @@
-"""The Celery app. Tasks live in workers/tasks.py and call plain service functions."""
+"""The Celery app. Each Django app keeps its tasks in its own `tasks.py`; they call plain services."""
 
 import os
 
@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 app = Celery("visnet")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["workers"], related_name="tasks")
+app.autodiscover_tasks()

@@ -1,26 +1,28 @@
-"""Thin Celery tasks: load by id, call a service, retry transient failures with backoff."""
+"""Thin Celery tasks of the search wing: load by id, call a service, retry transient failures with backoff.
+
+Queued by name through `webapp.search.dispatch`; routed in settings.CELERY_TASK_ROUTES.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
-from django.db import OperationalError
 
-from webapp.search import services
-from webapp.search.vector_store import VectorStoreUnavailable
+from webapp.search import activation, dispatch, services
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT = (VectorStoreUnavailable, OperationalError, ConnectionError, TimeoutError)
+TRANSIENT = activation.TRANSIENT
 MAX_RETRIES = 5
+REEMBED_TASK_SECONDS = 60  # one task runs about this long, then queues the next step (ingest interleaves)
 
 
 def _backoff_seconds(retries: int) -> int:
     return min(2 ** (retries + 1), 60)
 
 
-@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+@shared_task(bind=True, name=dispatch.INGEST_IMAGES, max_retries=MAX_RETRIES, acks_late=True)
 def ingest_image_batch(self, image_ids: list[int]) -> dict:
     try:
         report = services.images_ingest(image_ids=image_ids)
@@ -31,45 +33,40 @@ def ingest_image_batch(self, image_ids: list[int]) -> dict:
             )
             raise
         logger.warning("ingest of %s failed (%s); retry %s", image_ids, exc, self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
     return {"ready": report.ready, "failed": report.failed, "missing": report.missing}
 
 
-@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+@shared_task(bind=True, name=dispatch.REMOVE_IMAGE_VECTORS, max_retries=MAX_RETRIES, acks_late=True)
 def remove_image_vectors(self, image_ids: list[int]) -> None:
     try:
         services.image_vectors_remove(image_ids=image_ids)
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
 
 
-@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+@shared_task(bind=True, name=dispatch.SYNC_PRODUCT_VECTORS, max_retries=MAX_RETRIES, acks_late=True)
 def sync_product_vectors(self, product_id: int) -> int:
     try:
         return services.product_vectors_sync(product_id=product_id)
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
 
 
-REEMBED_TASK_SECONDS = 60  # one task runs about this long, then queues the next step (ingest interleaves)
-
-
-@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+@shared_task(bind=True, name=dispatch.REEMBED_CATALOG, max_retries=MAX_RETRIES, acks_late=True)
 def reembed_catalog(self, version_id: int, token: str = "") -> dict:
-    """Re-embed the catalog for a model version, then swap the alias (see webapp.search.versions)."""
-    from webapp.search import versions
-
+    """Re-embed the catalog for a model version, then swap the alias (see webapp.search.activation)."""
     try:
-        done = versions.catalog_reembed(version_id=version_id, token=token, time_budget=REEMBED_TASK_SECONDS)
+        done = activation.catalog_reembed(version_id=version_id, token=token, time_budget=REEMBED_TASK_SECONDS)
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
-            versions.model_version_mark_failed(
+            activation.model_version_mark_failed(
                 version_id=version_id, reason=f"gave up after {self.request.retries + 1} attempts: {exc}")
             raise
         logger.warning("re-embed of version %s failed (%s); retry %s", version_id, exc, self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries))
-    except versions.ReembedFailed as exc:
+        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
+    except activation.ReembedFailed as exc:
         return {"version_id": version_id, "state": "failed", "error": str(exc)}
     if not done:
-        reembed_catalog.apply_async(args=[version_id, token])
+        dispatch.reembed_queue(version_id=version_id, token=token)
     return {"version_id": version_id, "done": done}

@@ -1,0 +1,327 @@
+"""Activating model versions: re-embed the catalog into the version's own collection, swap the alias, roll back.
+
+Activating a version embeds every ready catalog image with that version's embedder into
+a NEW collection (`<prefix>_<model_version>`) while the product keeps reading the active one, runs
+catch-up passes for images ingested or edited meanwhile, then points the alias at the new collection
+(one atomic alias swap: no downtime). The previous version becomes standby and its collection is kept,
+so rolling back is another alias swap. Every step is idempotent: re-running resumes or does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+
+from django.db import OperationalError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from webapp.catalog.images import InvalidImage, open_stored_image
+from webapp.catalog.models import ProductImage
+from webapp.search import dispatch, registry
+from webapp.search.embedders import Embedder
+from webapp.search.models import ModelVersion
+from webapp.search.services import vector_row
+from webapp.search.vector_store import VectorStoreUnavailable
+from webapp.search.versions import default_version_ensure
+
+logger = logging.getLogger(__name__)
+
+REEMBED_BATCH_SIZE = 64
+CATCH_UP_MARGIN = timedelta(seconds=5)  # overlapping windows: a commit racing a pass is never missed
+MAX_CATCH_UP_PASSES = 3
+# The re-embed covers ready images. A pending (or processing) image is embedded by its own ingest task with
+# whichever version is active when it runs, and caught up if that is still the old one: embedding it
+# here too would embed it twice and before its bytes are validated. Its vector is never pruned.
+REEMBED_STATUSES = (ProductImage.Status.READY,)
+KEEP_STATUSES = (ProductImage.Status.READY, ProductImage.Status.PENDING, ProductImage.Status.PROCESSING)
+TRANSIENT = (VectorStoreUnavailable, OperationalError, ConnectionError, TimeoutError)
+
+State = ModelVersion.State
+
+
+class ReembedFailed(RuntimeError):
+    """The re-embed could not complete (the version is marked failed, the alias is untouched)."""
+
+
+class VersionError(ValueError):
+    """An activation or rollback that makes no sense in the current state."""
+
+
+# Activating ------------------------------------------------------------------------------------
+def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
+    """Start re-embedding the catalog for `version` in the background; idempotent.
+
+    Returns what happened: "active" (nothing to do), "queued" (started, or resumed when it was
+    already embedding). The work runs in the `reembed_catalog` task; `queue=False` leaves it to the
+    caller (catalog_reembed in-process).
+    """
+    default_version_ensure()  # the current stand-in is registered first, so it becomes standby
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.state == State.ACTIVE:
+            return "active"
+        if locked.state != State.EMBEDDING:
+            # A fresh start (registered, failed, or a standby version re-embedded from scratch).
+            locked.embedded = locked.total = 0
+            locked.reembed_cursor = 0
+            locked.reembed_started_at = None
+        locked.state = State.EMBEDDING
+        locked.error = ""
+        locked.task_token = token
+        locked.save()
+        if queue:
+            dispatch.reembed_queue_on_commit(version_id=locked.pk, token=token)
+    version.refresh_from_db()
+    logger.info("activating model version %s", version.model_version)
+    return "queued"
+
+
+def model_version_mark_failed(*, version_id: int, reason: str) -> None:
+    ModelVersion.objects.filter(pk=version_id).exclude(state=State.ACTIVE).update(
+        state=State.FAILED, error=reason[:4000], task_token="", updated_at=timezone.now())
+    logger.error("model version %s failed: %s", version_id, reason)
+
+
+def _eligible():
+    return ProductImage.objects.filter(status__in=REEMBED_STATUSES)
+
+
+def _embed_into(embedder: Embedder, version: ModelVersion, images: list[ProductImage], collection: str) -> list[int]:
+    """Embed images with `embedder` and upsert them into `collection` by name; returns the ids written."""
+    loaded = []
+    for image in images:
+        try:
+            loaded.append((image, open_stored_image(image.image)))
+        except (InvalidImage, FileNotFoundError, OSError) as exc:
+            logger.warning("re-embed %s: skipping image %s (%s)", version.model_version, image.pk, exc)
+    if not loaded:
+        return []
+    vectors = embedder.embed([picture for _, picture in loaded])
+    rows = [vector_row(image, vector, version.model_version) for (image, _), vector in zip(loaded, vectors)]
+    registry.get_vector_store().upsert(rows, collection=collection, flush=False)
+    return [image.pk for image, _ in loaded]
+
+
+def catalog_reembed(*, version_id: int, token: str = "", time_budget: float | None = None,
+                    batch_size: int = REEMBED_BATCH_SIZE) -> bool:
+    """The body of the re-embed task. Returns True when finished, False when time ran out (call again).
+
+    Progress (cursor, counts) is saved after every batch, so a re-run resumes. A non-transient error
+    marks the version failed with the reason and raises ReembedFailed; the alias is untouched.
+    Transient errors (VectorStoreUnavailable, database OperationalError) propagate for a retry.
+    """
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        logger.warning("re-embed: model version %s no longer exists", version_id)
+        return True
+    if token and version.task_token != token:
+        logger.info("re-embed of %s superseded by a newer request", version.model_version)
+        return True
+    if version.state == State.ACTIVE:
+        _reconcile_active(version, batch_size)
+        return True
+    if version.state != State.EMBEDDING:
+        if token:
+            return True  # failed or rolled back meanwhile: a stale task does nothing
+        model_version_activate(version=version, queue=False)
+        version.refresh_from_db()
+    try:
+        return _reembed(version, time_budget, batch_size)
+    except TRANSIENT:
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        model_version_mark_failed(version_id=version.pk, reason=reason)
+        raise ReembedFailed(reason) from exc
+
+
+def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) -> bool:
+    started = time.monotonic()
+    embedder = registry.embedder_for(version)
+    store = registry.get_vector_store()
+    collection = store.create_collection(version.model_version, embedder.dim)
+    if version.dim != embedder.dim:
+        version.dim = embedder.dim
+        version.save(update_fields=["dim", "updated_at"])
+    if version.reembed_started_at is None:
+        version.reembed_started_at = timezone.now()
+        version.total = _eligible().count()
+        version.embedded = 0
+        version.reembed_cursor = 0
+        version.save(update_fields=["reembed_started_at", "total", "embedded", "reembed_cursor", "updated_at"])
+        logger.info("re-embed %s: %d images into %s", version.model_version, version.total, collection)
+
+    # Main pass: every eligible image, in id order, from the saved cursor.
+    while True:
+        batch = list(_eligible().filter(pk__gt=version.reembed_cursor).select_related("product")
+                     .order_by("pk")[:batch_size])
+        if not batch:
+            break
+        written = _embed_into(embedder, version, batch, collection)
+        version.reembed_cursor = batch[-1].pk
+        version.embedded += len(written)
+        version.total = max(version.total, version.embedded)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            reembed_cursor=version.reembed_cursor, embedded=version.embedded, total=version.total,
+            updated_at=timezone.now())
+        logger.info("re-embed %s: %d/%d", version.model_version, version.embedded, version.total)
+        if time_budget is not None and time.monotonic() - started > time_budget:
+            return False
+
+    # Catch-up: images created, re-ingested or edited since the re-embed started (until a pass finds none).
+    since = version.reembed_started_at - CATCH_UP_MARGIN
+    seen: dict[int, tuple] = {}
+    for _ in range(MAX_CATCH_UP_PASSES):
+        pass_started = timezone.now()
+        count = _catch_up(embedder, version, collection, since, seen, batch_size)
+        logger.info("re-embed %s: catch-up pass re-embedded %d images", version.model_version, count)
+        since = pass_started - CATCH_UP_MARGIN
+        if count == 0:
+            break
+    _prune(collection)
+    store.flush(collection)
+
+    # The swap: alias and states together; the previous version's collection is kept (standby).
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.state != State.EMBEDDING or locked.task_token != version.task_token:
+            logger.info("re-embed of %s superseded before the swap", version.model_version)
+            return True
+        previous = list(ModelVersion.objects.select_for_update().filter(state=State.ACTIVE).exclude(pk=version.pk))
+        store.point_alias(collection)
+        now = timezone.now()
+        ModelVersion.objects.filter(pk__in=[v.pk for v in previous]).update(
+            state=State.STANDBY, deactivated_at=now, updated_at=now)
+        locked.state = State.ACTIVE
+        locked.activated_at = now
+        locked.error = ""
+        locked.reembed_cursor = version.reembed_cursor
+        locked.embedded = max(version.embedded, locked.embedded)
+        locked.save()
+    registry.reset_active_version_cache()
+    logger.info("model version %s is active (alias %s -> %s); standby: %s", version.model_version, store.alias,
+                collection, ", ".join(v.model_version for v in previous) or "-")
+
+    # Images the old version ingested while we swapped, then stamp every vector's version on its image.
+    _catch_up(embedder, version, collection, since, seen, batch_size)
+    store.flush(collection)
+    ProductImage.objects.filter(status=ProductImage.Status.READY, embedded_at__lt=since).exclude(
+        model_version=version.model_version).update(model_version=version.model_version)
+    _stamp(list(seen), version.model_version)
+    # A last look once in-flight ingest batches (started before the swap) have committed.
+    token = version.task_token
+    dispatch.reembed_queue_on_commit(version_id=version.pk, token=token, countdown=10)
+    return True
+
+
+def _catch_up(embedder: Embedder, version: ModelVersion, collection: str, since, seen: dict, batch_size: int) -> int:
+    """Re-embed the images created, re-ingested or edited since `since` that this run has not yet
+    embedded in their current state (`seen`: image id -> its change marks when we embedded it)."""
+    changed = _eligible().filter(Q(pk__gt=version.reembed_cursor) | Q(created_at__gte=since)
+                                 | Q(embedded_at__gte=since) | Q(product__updated_at__gte=since))
+    marks = {pk: (embedded_at, updated_at, status)
+             for pk, embedded_at, updated_at, status in changed.values_list("pk", "embedded_at", "product__updated_at",
+                                                                            "status")}
+    todo = sorted(pk for pk, mark in marks.items() if seen.get(pk) != mark)
+    count = 0
+    for start in range(0, len(todo), batch_size):
+        batch = list(ProductImage.objects.filter(pk__in=todo[start:start + batch_size]).select_related("product"))
+        count += len(_embed_into(embedder, version, batch, collection))
+    for pk in todo:
+        seen[pk] = marks[pk]
+    version.reembed_cursor = max([version.reembed_cursor, *todo])
+    return count
+
+
+def _reconcile_active(version: ModelVersion, batch_size: int) -> None:
+    """Re-embed the ready images whose vector is not (known to be) from the active version; idempotent."""
+    stale = ProductImage.objects.filter(status=ProductImage.Status.READY).exclude(model_version=version.model_version)
+    ids = list(stale.values_list("pk", flat=True))
+    if not ids:
+        return
+    embedder = registry.embedder_for(version)
+    collection = registry.get_vector_store().create_collection(version.model_version, embedder.dim)
+    written = []
+    for start in range(0, len(ids), batch_size):
+        batch = list(ProductImage.objects.filter(pk__in=ids[start:start + batch_size]).select_related("product"))
+        written += _embed_into(embedder, version, batch, collection)
+    registry.get_vector_store().flush(collection)
+    _stamp(written, version.model_version)
+    logger.info("model version %s: reconciled %d image(s)", version.model_version, len(written))
+
+
+def _stamp(image_ids: list[int], model_version: str, chunk: int = 5000) -> None:
+    """Record on ready images that their vector is now from `model_version` (chunked: SQLite limits)."""
+    for start in range(0, len(image_ids), chunk):
+        ProductImage.objects.filter(pk__in=image_ids[start:start + chunk], status=ProductImage.Status.READY).exclude(
+            model_version=model_version).update(model_version=model_version)
+
+
+def _prune(collection: str) -> None:
+    """Remove from `collection` the vectors of images deleted (or failed) since they were embedded."""
+    view = registry.get_vector_store().collection(collection)
+    found = set(view.iter_image_ids())
+    keep = set(ProductImage.objects.filter(status__in=KEEP_STATUSES).values_list("pk", flat=True).iterator())
+    stale = sorted(found - keep)
+    if stale:
+        view.delete_images(stale)
+        logger.info("re-embed: pruned %d vector(s) of deleted images from %s", len(stale), collection)
+
+
+# Rolling back ----------------------------------------------------------------------------------
+def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersion:
+    """Point the alias back at a standby version's collection (by default the latest standby).
+
+    Images ingested or edited while it was standby are re-ingested with it (queued), and every
+    vector's version is recorded on its image.
+    """
+    current = registry.active_version(fresh=True)
+    previous_name = current.model_version if current is not None else "-"
+    if version is None:
+        version = ModelVersion.objects.filter(state=State.STANDBY).order_by("-deactivated_at", "-id").first()
+        if version is None:
+            raise VersionError("there is no standby version to roll back to")
+    version.refresh_from_db()
+    if version.state == State.ACTIVE:
+        raise VersionError(f"{version.model_version} is already active")
+    if version.state != State.STANDBY:
+        raise VersionError(f"{version.model_version} is {version.state}; only a standby version (its collection "
+                           "kept) can be rolled back to — activate it instead to re-embed the catalog")
+    store = registry.get_vector_store()
+    collection = store.collection_name(version.model_version)
+    if not store.has_collection(collection):
+        raise VersionError(f"the collection {collection} of {version.model_version} no longer exists; activate it")
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.state != State.STANDBY:
+            raise VersionError(f"{version.model_version} is {locked.state}")
+        others = list(ModelVersion.objects.select_for_update().filter(state__in=[State.ACTIVE, State.EMBEDDING])
+                      .exclude(pk=version.pk))
+        store.point_alias(collection)
+        now = timezone.now()
+        # Previously active -> standby; an unfinished re-embed is abandoned (its task sees the state).
+        ModelVersion.objects.filter(pk__in=[v.pk for v in others if v.state == State.ACTIVE]).update(
+            state=State.STANDBY, deactivated_at=now, updated_at=now)
+        ModelVersion.objects.filter(pk__in=[v.pk for v in others if v.state == State.EMBEDDING]).update(
+            state=State.REGISTERED, task_token="", updated_at=now)
+        since = (locked.deactivated_at or now) - CATCH_UP_MARGIN
+        locked.state = State.ACTIVE
+        locked.activated_at = now
+        locked.task_token = uuid.uuid4().hex
+        locked.save()
+        changed_since = Q(created_at__gte=since) | Q(embedded_at__gte=since) | Q(product__updated_at__gte=since)
+        ready = ProductImage.objects.filter(status=ProductImage.Status.READY)
+        changed = list(ready.filter(changed_since).values_list("pk", flat=True))
+        ready.exclude(changed_since).exclude(model_version=locked.model_version).update(
+            model_version=locked.model_version)
+        if changed:
+            dispatch.ingest_queue_on_commit(image_ids=changed)
+    registry.reset_active_version_cache()
+    logger.info("rolled back to %s (was %s); %d changed image(s) queued", version.model_version,
+                previous_name, len(changed))
+    version.refresh_from_db()
+    return version

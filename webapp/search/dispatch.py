@@ -1,0 +1,48 @@
+"""Queueing background work by task name, so services never import the tasks that call them.
+
+Routing (which queue a task goes to) is in settings.CELERY_TASK_ROUTES, keyed by these names.
+Writes queue their work once the transaction commits (`*_on_commit`), so a worker never sees a row
+that is not there yet, and a rolled-back write queues nothing.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from webapp.celery import app
+
+INGEST_IMAGES = "search.ingest_image_batch"
+REMOVE_IMAGE_VECTORS = "search.remove_image_vectors"
+SYNC_PRODUCT_VECTORS = "search.sync_product_vectors"
+REEMBED_CATALOG = "search.reembed_catalog"
+INGEST_BATCH_SIZE = 32
+
+
+def ingest_queue(*, image_ids: list[int], batch_size: int = INGEST_BATCH_SIZE) -> int:
+    """Queue ingestion of images in batches; returns the number of tasks queued."""
+    batches = [image_ids[i: i + batch_size] for i in range(0, len(image_ids), batch_size)]
+    for batch in batches:
+        app.send_task(INGEST_IMAGES, args=[batch])
+    return len(batches)
+
+
+def ingest_queue_on_commit(*, image_ids: list[int]) -> None:
+    ids = list(image_ids)
+    transaction.on_commit(lambda: ingest_queue(image_ids=ids))
+
+
+def image_vectors_removal_on_commit(*, image_ids: list[int]) -> None:
+    ids = list(image_ids)
+    transaction.on_commit(lambda: app.send_task(REMOVE_IMAGE_VECTORS, args=[ids]))
+
+
+def product_vectors_sync_on_commit(*, product_id: int) -> None:
+    transaction.on_commit(lambda: app.send_task(SYNC_PRODUCT_VECTORS, args=[product_id]))
+
+
+def reembed_queue(*, version_id: int, token: str, countdown: int | None = None) -> None:
+    app.send_task(REEMBED_CATALOG, args=[version_id, token], countdown=countdown)
+
+
+def reembed_queue_on_commit(*, version_id: int, token: str, countdown: int | None = None) -> None:
+    transaction.on_commit(lambda: reembed_queue(version_id=version_id, token=token, countdown=countdown))
