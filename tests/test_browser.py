@@ -75,7 +75,7 @@ def test_visual_search_finds_the_uploaded_product_first(
     from webapp.search.services import images_ingest
 
     # This test ingests synchronously; queue nothing for a worker (none runs here).
-    monkeypatch.setattr("webapp.catalog.services._queue_ingest", lambda image_ids: None)
+    monkeypatch.setattr("webapp.search.dispatch.ingest_queue", lambda image_ids, **kwargs: 0)
 
     # One item of each of the first five labels in the Fashion-MNIST test split.
     picked, labels = [], set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from webapp.catalog.models import Category, Product
 
@@ -27,3 +27,8 @@ def product_list(*, category: Category | None = None, max_price: Decimal | float
     if q := q.strip():
         products = products.filter(Q(title__icontains=q) | Q(brand__icontains=q))
     return products.order_by("id")
+
+
+def categories_with_counts() -> QuerySet[Category]:
+    """Every category by name, each with `product_count`."""
+    return Category.objects.annotate(product_count=Count("products")).order_by("name")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.shortcuts import get_object_or_404, render
 
-from webapp.catalog.models import Category, Product, ProductImage
+from webapp.catalog import selectors
+from webapp.catalog.models import Category, ProductImage
 from webapp.search.selectors import similar_products
 from webapp.search.vector_store import VectorStoreUnavailable
 
@@ -19,13 +19,12 @@ SIMILAR_PRODUCTS = 12
 
 
 def product_list(request):
-    categories = Category.objects.annotate(product_count=Count("products")).order_by("name")
-    products = Product.objects.select_related("category").prefetch_related("images").order_by("id")
+    categories = selectors.categories_with_counts()
     current_category = None
     slug = request.GET.get("category")
     if slug:
         current_category = get_object_or_404(Category, slug=slug)
-        products = products.filter(category=current_category)
+    products = selectors.product_list(category=current_category)
     paginator = Paginator(products, PRODUCTS_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
     return render(
@@ -41,7 +40,7 @@ def product_list(request):
 
 
 def product_detail(request, pk: int):
-    product = get_object_or_404(Product.objects.select_related("category").prefetch_related("images"), pk=pk)
+    product = get_object_or_404(selectors.product_queryset(), pk=pk)
     similar, similar_unavailable = [], False
     try:
         similar = similar_products(product=product, k=SIMILAR_PRODUCTS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import OperationalError, transaction
 from django.db.models import Q
@@ -142,8 +142,28 @@ def catalog_reembed(*, version_id: int, token: str = "", time_budget: float | No
 def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) -> bool:
     started = time.monotonic()
     embedder = registry.embedder_for(version)
-    store = registry.get_vector_store()
-    collection = store.create_collection(version.model_version, embedder.dim)
+    collection = _reembed_start(version, embedder)
+    if not _main_pass(version, embedder, collection, batch_size, started, time_budget):
+        return False
+    since, seen = _catch_up_passes(version, embedder, collection, batch_size)
+    _prune(collection)
+    registry.get_vector_store().flush(collection)
+    if not _swap(version, collection):
+        return True
+    # Images the old version ingested while we swapped, then stamp every vector's version on its image.
+    _catch_up(embedder, version, collection, since, seen, batch_size)
+    registry.get_vector_store().flush(collection)
+    ProductImage.objects.filter(status=ProductImage.Status.READY, embedded_at__lt=since).exclude(
+        model_version=version.model_version).update(model_version=version.model_version)
+    _stamp(list(seen), version.model_version)
+    # A last look once in-flight ingest batches (started before the swap) have committed.
+    dispatch.reembed_queue_on_commit(version_id=version.pk, token=version.task_token, countdown=10)
+    return True
+
+
+def _reembed_start(version: ModelVersion, embedder: Embedder) -> str:
+    """Create the version's collection and, on a fresh start, record what the main pass has to cover."""
+    collection = registry.get_vector_store().create_collection(version.model_version, embedder.dim)
     if version.dim != embedder.dim:
         version.dim = embedder.dim
         version.save(update_fields=["dim", "updated_at"])
@@ -154,13 +174,17 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
         version.reembed_cursor = 0
         version.save(update_fields=["reembed_started_at", "total", "embedded", "reembed_cursor", "updated_at"])
         logger.info("re-embed %s: %d images into %s", version.model_version, version.total, collection)
+    return collection
 
-    # Main pass: every eligible image, in id order, from the saved cursor.
+
+def _main_pass(version: ModelVersion, embedder: Embedder, collection: str, batch_size: int, started: float,
+               time_budget: float | None) -> bool:
+    """Every eligible image, in id order, from the saved cursor; False when the time budget ran out first."""
     while True:
         batch = list(_eligible().filter(pk__gt=version.reembed_cursor).select_related("product")
                      .order_by("pk")[:batch_size])
         if not batch:
-            break
+            return True
         written = _embed_into(embedder, version, batch, collection)
         version.reembed_cursor = batch[-1].pk
         version.embedded += len(written)
@@ -172,7 +196,11 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
         if time_budget is not None and time.monotonic() - started > time_budget:
             return False
 
-    # Catch-up: images created, re-ingested or edited since the re-embed started (until a pass finds none).
+
+def _catch_up_passes(version: ModelVersion, embedder: Embedder, collection: str,
+                     batch_size: int) -> tuple[datetime, dict[int, tuple]]:
+    """Images created, re-ingested or edited since the re-embed started, until a pass finds none."""
+    assert version.reembed_started_at is not None
     since = version.reembed_started_at - CATCH_UP_MARGIN
     seen: dict[int, tuple] = {}
     for _ in range(MAX_CATCH_UP_PASSES):
@@ -182,15 +210,17 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
         since = pass_started - CATCH_UP_MARGIN
         if count == 0:
             break
-    _prune(collection)
-    store.flush(collection)
+    return since, seen
 
-    # The swap: alias and states together; the previous version's collection is kept (standby).
+
+def _swap(version: ModelVersion, collection: str) -> bool:
+    """Point the alias at the new collection and switch the states together; the previous collection is kept."""
+    store = registry.get_vector_store()
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if locked.state != State.EMBEDDING or locked.task_token != version.task_token:
             logger.info("re-embed of %s superseded before the swap", version.model_version)
-            return True
+            return False
         previous = list(ModelVersion.objects.select_for_update().filter(state=State.ACTIVE).exclude(pk=version.pk))
         store.point_alias(collection)
         now = timezone.now()
@@ -205,16 +235,6 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
     registry.reset_active_version_cache()
     logger.info("model version %s is active (alias %s -> %s); standby: %s", version.model_version, store.alias,
                 collection, ", ".join(v.model_version for v in previous) or "-")
-
-    # Images the old version ingested while we swapped, then stamp every vector's version on its image.
-    _catch_up(embedder, version, collection, since, seen, batch_size)
-    store.flush(collection)
-    ProductImage.objects.filter(status=ProductImage.Status.READY, embedded_at__lt=since).exclude(
-        model_version=version.model_version).update(model_version=version.model_version)
-    _stamp(list(seen), version.model_version)
-    # A last look once in-flight ingest batches (started before the swap) have committed.
-    token = version.task_token
-    dispatch.reembed_queue_on_commit(version_id=version.pk, token=token, countdown=10)
     return True
 
 
