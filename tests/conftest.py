@@ -47,19 +47,27 @@ def milvus_uri(tmp_path_factory):
         return
     port = free_port()
     data_dir = tmp_path_factory.mktemp("milvus")
-    log = open(data_dir / "server.log", "w")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", str(data_dir / "data"), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(data_dir / "server.log", "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "milvus-lite"),
+                "server",
+                "--data-dir",
+                str(data_dir / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port(port, process=process)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -131,13 +139,32 @@ def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url
         **(extra_env or {}),
     )
     log_path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "webapp", "worker", "-Q", "ingest,default", "--concurrency", "1",
-         "--prefetch-multiplier", "1", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip",
-         "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "webapp",
+                "worker",
+                "-Q",
+                "ingest,default",
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     worker = WorkerProcess(process, log_path, broker_url, env)
     deadline = time.monotonic() + 60
     while "ready." not in worker.log():

@@ -17,8 +17,14 @@ from webapp.search.vector_store import Hit, SearchFilters, collection_name_for
 class FakeVectorStore:
     """Collections of rows keyed by image id, an alias, cosine search with the filters applied inside the query."""
 
-    def __init__(self, alias: str = "fake_active", prefix: str = "fake", *, _shared: dict | None = None,
-                 _pinned: str | None = None):
+    def __init__(
+        self,
+        alias: str = "fake_active",
+        prefix: str = "fake",
+        *,
+        _shared: dict | None = None,
+        _pinned: str | None = None,
+    ):
         self.alias, self.prefix = alias, prefix
         self._state = _shared if _shared is not None else {"collections": {}, "alias": None, "searches": 0}
         self._pinned = _pinned
@@ -99,10 +105,12 @@ class FakeVectorStore:
 
     @staticmethod
     def _passes(row: dict, filters: SearchFilters) -> bool:
-        return ((filters.category_id is None or row["category_id"] == filters.category_id)
-                and (filters.max_price is None or row["price"] <= filters.max_price)
-                and (filters.in_stock is None or row["in_stock"] == filters.in_stock)
-                and (filters.exclude_product_id is None or row["product_id"] != filters.exclude_product_id))
+        return (
+            (filters.category_id is None or row["category_id"] == filters.category_id)
+            and (filters.max_price is None or row["price"] <= filters.max_price)
+            and (filters.in_stock is None or row["in_stock"] == filters.in_stock)
+            and (filters.exclude_product_id is None or row["product_id"] != filters.exclude_product_id)
+        )
 
     def search(self, vectors: np.ndarray, limit: int, filters: SearchFilters = SearchFilters()) -> list[list[Hit]]:
         self._state["searches"] += 1
@@ -115,8 +123,9 @@ class FakeVectorStore:
         results = []
         for row_scores in scores:
             order = np.argsort(-row_scores, kind="stable")[:limit]
-            results.append([Hit(int(rows[i]["image_id"]), int(rows[i]["product_id"]), float(row_scores[i]))
-                            for i in order])
+            results.append(
+                [Hit(int(rows[i]["image_id"]), int(rows[i]["product_id"]), float(row_scores[i])) for i in order]
+            )
         return results
 
 

@@ -26,8 +26,20 @@ from webapp.search import services as search_services
 
 pytestmark = pytest.mark.django_db
 
-PRODUCT_KEYS = {"id", "sku", "title", "brand", "price", "currency", "category", "attributes", "in_stock", "url",
-                "image", "images"}
+PRODUCT_KEYS = {
+    "id",
+    "sku",
+    "title",
+    "brand",
+    "price",
+    "currency",
+    "category",
+    "attributes",
+    "in_stock",
+    "url",
+    "image",
+    "images",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -57,9 +69,15 @@ def auth_client(user):
 
 def make_product(sku, price="19.99", category="Shirt", in_stock=True, title=None, brand="Northwind"):
     category = services.category_get_or_create(name=category)
-    product, _ = services.product_upsert(sku=sku, title=title or f"Product {sku}", price=Decimal(price),
-                                         category=category, brand=brand, in_stock=in_stock,
-                                         attributes={"colour": "red"})
+    product, _ = services.product_upsert(
+        sku=sku,
+        title=title or f"Product {sku}",
+        price=Decimal(price),
+        category=category,
+        brand=brand,
+        in_stock=in_stock,
+        attributes={"colour": "red"},
+    )
     return product
 
 
@@ -69,6 +87,7 @@ def upload(content: bytes, name="photo.png", content_type="image/png") -> Simple
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height with almost no pixel data."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -100,8 +119,13 @@ BAD_IMAGES = [
     pytest.param(b"", "empty.jpg", "image/jpeg", "empty", id="zero-bytes"),
     pytest.param(b"just some text, honestly\n", "photo.jpg", "image/jpeg", "not an image", id="text-as-jpeg"),
     pytest.param(noise_png((200, 200))[:1500], "cut.png", "image/png", "damaged or truncated", id="truncated-png"),
-    pytest.param(png_header_only(50_000, 50_000), "huge.png", "image/png", "longest side|too many pixels",
-                 id="header-claims-50000x50000"),
+    pytest.param(
+        png_header_only(50_000, 50_000),
+        "huge.png",
+        "image/png",
+        "longest side|too many pixels",
+        id="header-claims-50000x50000",
+    ),
     pytest.param(bilevel_bomb_png(), "bomb.png", "image/png", "megapixels", id="decompression-bomb"),
     pytest.param(encoded("ICO"), "icon.ico", "image/x-icon", "Unsupported image format ICO", id="ico"),
     pytest.param(encoded("TGA"), "pic.tga", "image/x-tga", "Unsupported image format TGA", id="tga"),
@@ -136,8 +160,13 @@ def test_list_shape_absolute_urls_and_no_query_explosion(client, django_assert_m
 
 def test_list_paginates(client):
     Product.objects.bulk_create(
-        Product(sku=f"bulk-{i:02d}", title=f"Item {i}", price=Decimal(i), category=services.category_get_or_create(
-            name="Bag")) for i in range(30)
+        Product(
+            sku=f"bulk-{i:02d}",
+            title=f"Item {i}",
+            price=Decimal(i),
+            category=services.category_get_or_create(name="Bag"),
+        )
+        for i in range(30)
     )
     first = client.get("/api/products/").json()
     assert first["count"] == 30 and len(first["results"]) == 24 and first["previous"] is None
@@ -171,8 +200,10 @@ def test_list_filters(client):
     assert bag.pk
 
 
-@pytest.mark.parametrize("query", [{"category": "no-such"}, {"category": "999999"}, {"max_price": "-1"},
-                                   {"max_price": "abc"}, {"in_stock": "maybe"}])
+@pytest.mark.parametrize(
+    "query",
+    [{"category": "no-such"}, {"category": "999999"}, {"max_price": "-1"}, {"max_price": "abc"}, {"in_stock": "maybe"}],
+)
 def test_list_rejects_bad_filters(client, query):
     make_product("sku-1")
     response = client.get("/api/products/", query)
@@ -198,8 +229,9 @@ def test_writes_need_authentication(client, tmp_path):
     payload = {"sku": "new", "title": "New", "price": "5.00", "category": "Shirt"}
     assert client.post("/api/products/", payload, format="json").status_code in (401, 403)
     assert client.delete(f"/api/products/{product.pk}/").status_code in (401, 403)
-    response = client.post(f"/api/products/{product.pk}/images/", {"image": upload(image_bytes("PNG"))},
-                           format="multipart")
+    response = client.post(
+        f"/api/products/{product.pk}/images/", {"image": upload(image_bytes("PNG"))}, format="multipart"
+    )
     assert response.status_code in (401, 403)
     assert Product.objects.count() == 1 and ProductImage.objects.count() == 0
 
@@ -212,8 +244,15 @@ def test_writes_need_authentication(client, tmp_path):
 
 def test_create_product_with_basic_auth(client, user):
     client.credentials(HTTP_AUTHORIZATION="Basic bWVyY2hhbnQ6czNjcmV0LXBhc3M=")  # merchant:s3cret-pass
-    payload = {"sku": "new-1", "title": "Wool coat", "brand": "Marlow", "price": "149.5", "currency": "eur",
-               "category": "Outerwear", "attributes": {"size": "M"}}
+    payload = {
+        "sku": "new-1",
+        "title": "Wool coat",
+        "brand": "Marlow",
+        "price": "149.5",
+        "currency": "eur",
+        "category": "Outerwear",
+        "attributes": {"size": "M"},
+    }
     response = client.post("/api/products/", payload, format="json")
     assert response.status_code == 201, response.content
     body = response.json()
@@ -226,8 +265,13 @@ def test_create_product_with_basic_auth(client, user):
 
 @pytest.mark.parametrize(
     "change, field",
-    [({"sku": "taken"}, "sku"), ({"price": "-1"}, "price"), ({"currency": "E1"}, "currency"),
-     ({"category": ""}, "category"), ({"title": None}, "title")],
+    [
+        ({"sku": "taken"}, "sku"),
+        ({"price": "-1"}, "price"),
+        ({"currency": "E1"}, "currency"),
+        ({"category": ""}, "category"),
+        ({"title": None}, "title"),
+    ],
 )
 def test_create_product_validation(auth_client, change, field):
     make_product("taken")
@@ -241,8 +285,9 @@ def test_create_product_validation(auth_client, change, field):
 def test_add_image_to_product(auth_client, settings):
     product = make_product("sku-1")
     content = image_bytes("JPEG", size=(80, 60))
-    response = auth_client.post(f"/api/products/{product.pk}/images/",
-                                {"image": upload(content, "p.jpg", "image/jpeg")}, format="multipart")
+    response = auth_client.post(
+        f"/api/products/{product.pk}/images/", {"image": upload(content, "p.jpg", "image/jpeg")}, format="multipart"
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     image = ProductImage.objects.get(pk=body["id"])
@@ -251,8 +296,9 @@ def test_add_image_to_product(auth_client, settings):
     assert (image.product_id, image.width, image.height) == (product.pk, 80, 60)
     assert (settings.MEDIA_ROOT / image.image.name).read_bytes() == content
 
-    again = auth_client.post(f"/api/products/{product.pk}/images/", {"image": upload(content, "p.jpg")},
-                             format="multipart")
+    again = auth_client.post(
+        f"/api/products/{product.pk}/images/", {"image": upload(content, "p.jpg")}, format="multipart"
+    )
     assert again.status_code == 200 and again.json()["id"] == image.pk
     assert ProductImage.objects.count() == 1
 
@@ -263,8 +309,9 @@ def test_add_image_to_product(auth_client, settings):
 @pytest.mark.parametrize("content, name, content_type, message", BAD_IMAGES)
 def test_add_bad_image_is_refused_and_writes_nothing(auth_client, settings, content, name, content_type, message):
     product = make_product("sku-1")
-    response = auth_client.post(f"/api/products/{product.pk}/images/",
-                                {"image": upload(content, name, content_type)}, format="multipart")
+    response = auth_client.post(
+        f"/api/products/{product.pk}/images/", {"image": upload(content, name, content_type)}, format="multipart"
+    )
     assert response.status_code == 400
     assert set(response.json()) == {"detail"}
     assert re.search(message, response.json()["detail"])
@@ -312,10 +359,11 @@ def indexed_catalog(vector_store, fashion_items):
         by_label.setdefault(label, []).append(content)
     chosen = [(label, items[:4]) for label, items in by_label.items() if len(items) >= 4][:2]
     products, image_ids = [], []
-    for (label, contents), category in zip(chosen, ("Tops", "Shoes")):
+    for (_label, contents), category in zip(chosen, ("Tops", "Shoes"), strict=True):
         for i, content in enumerate(contents):
-            product = make_product(f"{category.lower()}-{i}", price=f"{20 + 10 * i}.00", category=category,
-                                   in_stock=i != 3)
+            product = make_product(
+                f"{category.lower()}-{i}", price=f"{20 + 10 * i}.00", category=category, in_stock=i != 3
+            )
             image_ids.append(services.product_image_create(product=product, content=content).pk)
             product.png = content
             products.append(product)
@@ -339,8 +387,9 @@ def test_similar_products_ranked_excluding_the_product(client, settings, indexed
     assert set(body["results"][0]["product"]) == PRODUCT_KEYS
     assert body["results"][0]["product"]["image"].startswith("http://testserver/media/thumbnails/")
 
-    assert [r["product"]["id"] for r in client.get(f"/api/products/{product.pk}/similar/?k=3").json()["results"]] \
-        == ids[:3]
+    assert [
+        r["product"]["id"] for r in client.get(f"/api/products/{product.pk}/similar/?k=3").json()["results"]
+    ] == ids[:3]
 
 
 def test_similar_products_filters(client, indexed_catalog):
@@ -368,8 +417,17 @@ def test_similar_products_filters(client, indexed_catalog):
     ]
 
 
-@pytest.mark.parametrize("query", [{"k": "0"}, {"k": "101"}, {"k": "x"}, {"max_price": "-0.01"},
-                                   {"category": "no-such-slug"}, {"category": "424242"}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"k": "0"},
+        {"k": "101"},
+        {"k": "x"},
+        {"max_price": "-0.01"},
+        {"category": "no-such-slug"},
+        {"category": "424242"},
+    ],
+)
 def test_similar_products_rejects_bad_params(client, query):
     product = make_product("sku-1")
     response = client.get(f"/api/products/{product.pk}/similar/", query)
@@ -401,8 +459,9 @@ def test_search_by_photo_finds_the_product_first(client, indexed_catalog):
     assert target.pk not in [r["product"]["id"] for r in filtered.json()["results"]]  # it costs 30.00
     assert all(Decimal(r["product"]["price"]) <= 25 for r in filtered.json()["results"])
 
-    tops = client.post("/api/search/", {"image": upload(target.png), "category": "tops", "in_stock": "true"},
-                       format="multipart").json()["results"]
+    tops = client.post(
+        "/api/search/", {"image": upload(target.png), "category": "tops", "in_stock": "true"}, format="multipart"
+    ).json()["results"]
     assert tops and {r["product"]["category"]["slug"] for r in tops} == {"tops"}
     assert all(r["product"]["in_stock"] for r in tops)
 
@@ -457,8 +516,13 @@ def test_openapi_schema_is_valid_without_warnings(tmp_path):
     out = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
     text = out.read_text()
-    for path in ("/api/products/:", "/api/products/{product_id}/:", "/api/products/{product_id}/images/:",
-                 "/api/products/{product_id}/similar/:", "/api/search/:"):
+    for path in (
+        "/api/products/:",
+        "/api/products/{product_id}/:",
+        "/api/products/{product_id}/images/:",
+        "/api/products/{product_id}/similar/:",
+        "/api/search/:",
+    ):
         assert f"\n  {path}\n" in text, path
 
 
@@ -486,7 +550,14 @@ def test_docs_page_is_self_contained(client):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
     html = response.content.decode()
     assert "VisNet visual search API" in html
-    for needle in ("/api/products/{product_id}/similar/", "/api/search/", "Search by photo", "max_price",
-                   "multipart/form-data", 'id="schema-Product"', "http://testserver/api/schema/"):
+    for needle in (
+        "/api/products/{product_id}/similar/",
+        "/api/search/",
+        "Search by photo",
+        "max_price",
+        "multipart/form-data",
+        'id="schema-Product"',
+        "http://testserver/api/schema/",
+    ):
         assert needle in html, needle
     assert "<script" not in html and "cdn" not in html.lower()

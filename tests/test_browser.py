@@ -89,8 +89,12 @@ def test_visual_search_finds_the_uploaded_product_first(
     for index, (content, label) in enumerate(picked):
         category = category_get_or_create(name=f"Label {label}")
         product, _ = product_upsert(
-            sku=f"browser-{index}", title=f"Browser item {index}", price=Decimal(f"{19 + 10 * index}.99"),
-            category=category, brand="Kestrel", attributes={"label": label},
+            sku=f"browser-{index}",
+            title=f"Browser item {index}",
+            price=Decimal(f"{19 + 10 * index}.99"),
+            category=category,
+            brand="Kestrel",
+            attributes={"label": label},
         )
         image_ids.append(product_image_create(product=product, content=content).pk)
         products.append(product)

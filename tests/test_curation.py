@@ -11,13 +11,32 @@ from webapp.catalog import services
 from webapp.curation.models import Triplet
 
 ROWS = [
-    {"anchor": "shop:sku-a", "positive": "shop:sku-b", "negative": "shop:sku-c", "kind": "catalog",
-     "source": "biss-ensemble", "positive_score": 0.91, "negative_score": 0.12, "negative_kind": "in_class",
-     "status": "pending"},
-    {"anchor": "street:test:17", "positive": "shop:sku-a", "negative": "shop:sku-c", "kind": "street",
-     "source": "exact-match", "scores": {"positive_score": 1.0}},
-    {"anchor": "shop:sku-b", "positive": "shop:sku-a", "negative": "street:train:3", "kind": "catalog",
-     "source": "rule"},
+    {
+        "anchor": "shop:sku-a",
+        "positive": "shop:sku-b",
+        "negative": "shop:sku-c",
+        "kind": "catalog",
+        "source": "biss-ensemble",
+        "positive_score": 0.91,
+        "negative_score": 0.12,
+        "negative_kind": "in_class",
+        "status": "pending",
+    },
+    {
+        "anchor": "street:test:17",
+        "positive": "shop:sku-a",
+        "negative": "shop:sku-c",
+        "kind": "street",
+        "source": "exact-match",
+        "scores": {"positive_score": 1.0},
+    },
+    {
+        "anchor": "shop:sku-b",
+        "positive": "shop:sku-a",
+        "negative": "street:train:3",
+        "kind": "catalog",
+        "source": "rule",
+    },
 ]
 
 
@@ -66,13 +85,12 @@ def test_admin_bulk_approve_then_export_round_trip(admin_client, admin_user, tmp
     page = admin_client.get("/admin/curation/triplet/?status__exact=pending")
     assert page.status_code == 200
     body = page.content.decode()
-    assert f'href="{product.get_absolute_url()}"' in body and "<img src=\"/media/products/" in body
+    assert f'href="{product.get_absolute_url()}"' in body and '<img src="/media/products/' in body
     assert "street:test:17" in body and "shop:sku-b (unknown SKU)" in body
     assert admin_client.get("/admin/curation/triplet/?kind__exact=street&source__exact=exact-match").status_code == 200
 
     chosen = list(Triplet.objects.filter(kind="catalog").values_list("pk", flat=True))
-    response = admin_client.post("/admin/curation/triplet/", {"action": "approve_triplets",
-                                                              "_selected_action": chosen})
+    response = admin_client.post("/admin/curation/triplet/", {"action": "approve_triplets", "_selected_action": chosen})
     assert response.status_code == 302
     approved = Triplet.objects.filter(status="approved")
     assert sorted(approved.values_list("pk", flat=True)) == sorted(chosen)
@@ -85,8 +103,9 @@ def test_admin_bulk_approve_then_export_round_trip(admin_client, admin_user, tmp
     out = tmp_path / "approved.jsonl"
     call_command("export_triplets", str(out), "--approved-only")
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted((r["anchor"], r["positive"], r["negative"]) for r in records) == \
-        sorted((r["anchor"], r["positive"], r["negative"]) for r in ROWS if r["kind"] == "catalog")
+    assert sorted((r["anchor"], r["positive"], r["negative"]) for r in records) == sorted(
+        (r["anchor"], r["positive"], r["negative"]) for r in ROWS if r["kind"] == "catalog"
+    )
     assert {r["status"] for r in records} == {"approved"}
     assert records[0]["positive_score"] == 0.91 and records[0]["source"] == "biss-ensemble"
 
@@ -104,5 +123,7 @@ def test_admin_bulk_approve_then_export_round_trip(admin_client, admin_user, tmp
     # Importing the export elsewhere keeps the review decisions.
     Triplet.objects.all().delete()
     call_command("import_triplets", str(everything))
-    assert dict(Triplet.objects.values_list("kind", "status").order_by("kind", "status").distinct()) == \
-        {"catalog": "approved", "street": "rejected"}
+    assert dict(Triplet.objects.values_list("kind", "status").order_by("kind", "status").distinct()) == {
+        "catalog": "approved",
+        "street": "rejected",
+    }

@@ -13,6 +13,7 @@ from webapp.catalog.images import InvalidImage, make_thumbnail, open_normalised,
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height with almost no pixel data (a decompression bomb)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -35,15 +35,32 @@ def image_server(tmp_path):
 
 
 @pytest.mark.django_db
-def test_csv_import_reports_bad_rows_and_keeps_the_good_ones(tmp_path, image_server, django_capture_on_commit_callbacks):
+def test_csv_import_reports_bad_rows_and_keeps_the_good_ones(
+    tmp_path, image_server, django_capture_on_commit_callbacks
+):
     (tmp_path / "blue.png").write_bytes(image_bytes("PNG", color=(20, 20, 220)))
     (tmp_path / "pdf.jpg").write_bytes(b"%PDF-1.4 a pdf behind a jpg name")
     (tmp_path / "empty.png").write_bytes(b"")
     rows = [
-        {"sku": "A1", "title": "Blue shirt", "brand": "Kestrel", "price": "19.50", "currency": "eur",
-         "category": "Shirt", "in_stock": "yes", "attributes": '{"colour": "blue"}', "image": "blue.png"},
-        {"sku": "A2", "title": "Red dress", "price": "49", "category": "Dress", "in_stock": "no",
-         "image": f"{image_server}/red.jpg"},
+        {
+            "sku": "A1",
+            "title": "Blue shirt",
+            "brand": "Kestrel",
+            "price": "19.50",
+            "currency": "eur",
+            "category": "Shirt",
+            "in_stock": "yes",
+            "attributes": '{"colour": "blue"}',
+            "image": "blue.png",
+        },
+        {
+            "sku": "A2",
+            "title": "Red dress",
+            "price": "49",
+            "category": "Dress",
+            "in_stock": "no",
+            "image": f"{image_server}/red.jpg",
+        },
         {"sku": "B1", "title": "No price", "price": "", "category": "Shirt", "image": "blue.png"},
         {"sku": "B2", "title": "Bad price", "price": "cheap", "category": "Shirt", "image": "blue.png"},
         {"sku": "B3", "title": "Fake image", "price": "5", "category": "Shirt", "image": "pdf.jpg"},
@@ -55,8 +72,10 @@ def test_csv_import_reports_bad_rows_and_keeps_the_good_ones(tmp_path, image_ser
     ]
     path = tmp_path / "catalog.csv"
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["sku", "title", "brand", "price", "currency", "category",
-                                                     "in_stock", "attributes", "image"])
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=["sku", "title", "brand", "price", "currency", "category", "in_stock", "attributes", "image"],
+        )
         writer.writeheader()
         writer.writerows(rows)
     out = StringIO()
@@ -82,8 +101,16 @@ def test_jsonl_import_updates_existing_products_without_duplicating_images(tmp_p
     (tmp_path / "a.png").write_bytes(image_bytes("PNG", color=(1, 2, 3)))
     (tmp_path / "b.png").write_bytes(image_bytes("PNG", color=(9, 8, 7)))
     lines = [
-        json.dumps({"sku": "J1", "title": "Coat", "price": 120, "category": "Coat", "images": ["a.png", "b.png"],
-                    "attributes": {"size": ["S", "M"]}}),
+        json.dumps(
+            {
+                "sku": "J1",
+                "title": "Coat",
+                "price": 120,
+                "category": "Coat",
+                "images": ["a.png", "b.png"],
+                "attributes": {"size": ["S", "M"]},
+            }
+        ),
         "{broken json",
         json.dumps(["not", "an", "object"]),
     ]
@@ -94,8 +121,10 @@ def test_jsonl_import_updates_existing_products_without_duplicating_images(tmp_p
     assert "1 created, 0 updated, 2 images queued, 2 row(s) with errors" in out.getvalue()
     assert "invalid JSON" in out.getvalue() and "JSON object" in out.getvalue()
 
-    path.write_text(json.dumps({"sku": "J1", "title": "Warm coat", "price": "99.90", "category": "Coat",
-                                "images": "a.png|b.png"}) + "\n")
+    path.write_text(
+        json.dumps({"sku": "J1", "title": "Warm coat", "price": "99.90", "category": "Coat", "images": "a.png|b.png"})
+        + "\n"
+    )
     call_command("import_catalog", str(path), stdout=StringIO())
     product = Product.objects.get(sku="J1")
     assert product.title == "Warm coat" and str(product.price) == "99.90"

@@ -19,8 +19,9 @@ from webapp.search.vector_store import SearchFilters
 
 def make_product(sku="sku-1", price="19.99", category="Shirt", in_stock=True):
     category = services.category_get_or_create(name=category)
-    product, _ = services.product_upsert(sku=sku, title=f"Product {sku}", price=Decimal(price), category=category,
-                                         in_stock=in_stock)
+    product, _ = services.product_upsert(
+        sku=sku, title=f"Product {sku}", price=Decimal(price), category=category, in_stock=in_stock
+    )
     return product
 
 
@@ -114,8 +115,12 @@ def test_worker_ingests_a_saved_image_and_search_then_finds_it(celery_worker, ve
     search_by_image(content=content, k=1)  # load the embedder in this process before timing
     started = time.monotonic()
     image = services.product_image_create(product=product, content=content)  # autocommit: queued on commit
-    wait_until(lambda: any(r.product.pk == product.pk for r in search_by_image(content=content, k=3)), 10,
-               interval=0.05, message="the new image in search results")
+    wait_until(
+        lambda: any(r.product.pk == product.pk for r in search_by_image(content=content, k=3)),
+        10,
+        interval=0.05,
+        message="the new image in search results",
+    )
     elapsed = time.monotonic() - started
     wait_until(lambda: status_of(image.pk) == "ready", 10, message="status recorded after the upsert")
     # The 2-second freshness target is measured by `make bench`; here it only has to arrive.
@@ -150,8 +155,9 @@ def test_editing_price_stock_and_category_updates_the_vector_filters(celery_work
     product.in_stock = False
     product.category = shoes
     product.save()
-    wait_until(lambda: vector_store.rows_for_product(product.pk)[0]["category_id"] == shoes.pk, 20,
-               message="category synced")
+    wait_until(
+        lambda: vector_store.rows_for_product(product.pk)[0]["category_id"] == shoes.pk, 20, message="category synced"
+    )
     row = vector_store.rows_for_product(product.pk)[0]
     assert row["price"] == pytest.approx(12.5) and row["in_stock"] is False
     shirts = services.category_get_or_create(name="Shirt")
@@ -172,7 +178,9 @@ def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int],
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_worker_consumes_from_redis_broker(tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store, fashion_items):
+def test_worker_consumes_from_redis_broker(
+    tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store, fashion_items
+):
     import redis
 
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -182,8 +190,9 @@ def test_worker_consumes_from_redis_broker(tmp_path, monkeypatch, milvus_uri, mi
         require_service(f"Redis broker at {url} unreachable ({exc}); set TEST_REDIS_URL")
     redis.Redis.from_url(url).flushdb()
     product = make_product(sku="via-redis")
-    image = ProductImage.objects.create(product=product, image=services.product_image_create(
-        product=product, content=fashion_items[7][0]).image.name)
+    image = ProductImage.objects.create(
+        product=product, image=services.product_image_create(product=product, content=fashion_items[7][0]).image.name
+    )
     worker = start_worker(tmp_path, milvus_uri, milvus_names, url)
     try:
         _send_ingest(url, {}, [image.pk], monkeypatch)
@@ -195,19 +204,26 @@ def test_worker_consumes_from_redis_broker(tmp_path, monkeypatch, milvus_uri, mi
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_worker_consumes_from_embedded_filesystem_broker(tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store,
-                                                         fashion_items):
+def test_worker_consumes_from_embedded_filesystem_broker(
+    tmp_path, monkeypatch, milvus_uri, milvus_names, vector_store, fashion_items
+):
     broker_dir = tmp_path / "broker"
     (broker_dir / "queue").mkdir(parents=True)
     (broker_dir / "processed").mkdir()
     (broker_dir / "control").mkdir()
-    options = {"data_folder_in": str(broker_dir / "queue"), "data_folder_out": str(broker_dir / "queue"),
-               "processed_folder": str(broker_dir / "processed"), "control_folder": str(broker_dir / "control")}
+    options = {
+        "data_folder_in": str(broker_dir / "queue"),
+        "data_folder_out": str(broker_dir / "queue"),
+        "processed_folder": str(broker_dir / "processed"),
+        "control_folder": str(broker_dir / "control"),
+    }
     product = make_product(sku="via-files")
-    image = ProductImage.objects.create(product=product, image=services.product_image_create(
-        product=product, content=fashion_items[8][0]).image.name)
-    worker = start_worker(tmp_path, milvus_uri, milvus_names, "filesystem://",
-                          extra_env={"CELERY_BROKER_DIR": str(broker_dir)})
+    image = ProductImage.objects.create(
+        product=product, image=services.product_image_create(product=product, content=fashion_items[8][0]).image.name
+    )
+    worker = start_worker(
+        tmp_path, milvus_uri, milvus_names, "filesystem://", extra_env={"CELERY_BROKER_DIR": str(broker_dir)}
+    )
     try:
         _send_ingest("filesystem://", options, [image.pk], monkeypatch)
         wait_until(lambda: status_of(image.pk) == "ready", 60, message="ingest through the filesystem broker")

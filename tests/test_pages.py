@@ -99,8 +99,13 @@ def _clear_cache():
 def make_product(sku, *, price="20.00", category=None, title=None, in_stock=True, content=None, brand="Northwind"):
     category = category or category_get_or_create(name="Tops")
     product, _ = product_upsert(
-        sku=sku, title=title or f"Product {sku}", price=Decimal(price), category=category, brand=brand,
-        attributes={"colour": "navy", "material": "cotton"}, in_stock=in_stock,
+        sku=sku,
+        title=title or f"Product {sku}",
+        price=Decimal(price),
+        category=category,
+        brand=brand,
+        attributes={"colour": "navy", "material": "cotton"},
+        in_stock=in_stock,
     )
     image = product_image_create(product=product, content=content) if content is not None else None
     return product, image
@@ -116,8 +121,11 @@ def ingested_catalog(db, vector_store, fashion_items):
     items = []
     for index, (content, label) in enumerate(fashion_items[:6]):
         product, image = make_product(
-            f"fm-{index}", price=f"{10 + 20 * index}.00", title=f"Fashion item {index} (label {label})",
-            category=cheap if index % 2 == 0 else premium, content=content,
+            f"fm-{index}",
+            price=f"{10 + 20 * index}.00",
+            title=f"Fashion item {index} (label {label})",
+            category=cheap if index % 2 == 0 else premium,
+            content=content,
         )
         items.append({"product": product, "image": image, "content": content, "label": label})
     report = images_ingest(image_ids=[item["image"].pk for item in items])
@@ -137,7 +145,9 @@ def png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def pillow_bytes(fmt: str, size=(32, 32), **kwargs) -> bytes:
@@ -156,9 +166,14 @@ def test_listing_pages_and_filters_by_category(client, db, django_assert_max_num
     shirts = category_get_or_create(name="Shirts")
     bags = category_get_or_create(name="Bags")
     for index in range(30):
-        make_product(f"shirt-{index:02d}", title=f"Shirt {index:02d}", price=f"{1200 + index}.50", category=shirts,
-                     content=image_bytes(color=(index * 8, 40, 90)) if index < 3 else None,
-                     in_stock=index != 1)
+        make_product(
+            f"shirt-{index:02d}",
+            title=f"Shirt {index:02d}",
+            price=f"{1200 + index}.50",
+            category=shirts,
+            content=image_bytes(color=(index * 8, 40, 90)) if index < 3 else None,
+            in_stock=index != 1,
+        )
     for index in range(3):
         make_product(f"bag-{index}", title=f"Bag {index}", category=bags)
 
@@ -179,7 +194,11 @@ def test_listing_pages_and_filters_by_category(client, db, django_assert_max_num
     assert "?page=2" in hrefs
     assert Product.objects.get(sku="shirt-00").get_absolute_url() in hrefs
 
-    assert card_titles(client.get("/?page=2")) == [f"Shirt {i:02d}" for i in range(24, 30)] + ["Bag 0", "Bag 1", "Bag 2"]
+    assert card_titles(client.get("/?page=2")) == [f"Shirt {i:02d}" for i in range(24, 30)] + [
+        "Bag 0",
+        "Bag 1",
+        "Bag 2",
+    ]
     # Out-of-range and junk page numbers fall back to a real page instead of failing.
     assert client.get("/?page=99").status_code == 200
     assert client.get("/?page=abc").status_code == 200
@@ -302,12 +321,17 @@ def test_search_filters_by_max_price_category_and_stock(client, ingested_catalog
     category = ingested_catalog[0]["product"].category
     rows = result_rows(search(client, query["content"], category=category.slug))
     assert {r["product_id"] for r in rows} == {
-        item["product"].pk for item in ingested_catalog if item["product"].category_id == category.pk}
+        item["product"].pk for item in ingested_catalog if item["product"].category_id == category.pk
+    }
 
     rows = result_rows(search(client, query["content"], max_price="5"))
     assert rows == []
-    assert "No products match" in client.post(SEARCH_URL, {
-        "image": SimpleUploadedFile("q.png", query["content"]), "max_price": "5"}).content.decode()
+    assert (
+        "No products match"
+        in client.post(
+            SEARCH_URL, {"image": SimpleUploadedFile("q.png", query["content"]), "max_price": "5"}
+        ).content.decode()
+    )
 
 
 BAD_IMAGES = {

@@ -37,8 +37,9 @@ def visnet_catalog(db, vector_store, fashion_items):
     products, image_ids = [], []
     for index, (content, label) in enumerate(fashion_items[:CATALOG_SIZE]):
         category = catalog_services.category_get_or_create(name=f"class-{label}")
-        product, _ = catalog_services.product_upsert(sku=f"item-{index}", title=f"Item {index}",
-                                                     price=Decimal("50.00"), category=category)
+        product, _ = catalog_services.product_upsert(
+            sku=f"item-{index}", title=f"Item {index}", price=Decimal("50.00"), category=category
+        )
         image_ids.append(catalog_services.product_image_create(product=product, content=content).pk)
         products.append(product)
     report = search_services.images_ingest(image_ids=image_ids)
@@ -56,8 +57,9 @@ def street_crop(content: bytes, seed: int) -> bytes:
     background = (np.array([140, 120, 100]) + 60 * ramp + rng.normal(0, 12, (120, 120, 3))).clip(0, 255)
     photo = Image.fromarray(background.astype(np.uint8))
     tint = tuple(int(v) for v in rng.integers(40, 90, 3))
-    garment = Image.composite(Image.new("RGB", item.size, tint), Image.new("RGB", item.size), item.point(
-        lambda v: 255 if v < 235 else 0))
+    garment = Image.composite(
+        Image.new("RGB", item.size, tint), Image.new("RGB", item.size), item.point(lambda v: 255 if v < 235 else 0)
+    )
     mask = item.point(lambda v: 255 if v < 235 else 0).rotate(float(rng.uniform(-8, 8)), expand=False)
     photo.paste(garment.rotate(float(rng.uniform(-8, 8))), (12, 12), mask)
     pixels = np.asarray(photo, dtype=np.float32) * rng.uniform(0.85, 1.1) + rng.normal(0, 4, (120, 120, 3))
@@ -68,8 +70,11 @@ def street_crop(content: bytes, seed: int) -> bytes:
 
 def test_a_street_crop_of_an_item_finds_that_item_in_the_top_five(visnet_catalog, fashion_items):
     queries = range(0, CATALOG_SIZE, 6)
-    found = [visnet_catalog[i].pk in [r.product.pk for r in search_by_image(content=street_crop(
-        fashion_items[i][0], seed=i), k=5)] for i in queries]
+    found = [
+        visnet_catalog[i].pk
+        in [r.product.pk for r in search_by_image(content=street_crop(fashion_items[i][0], seed=i), k=5)]
+        for i in queries
+    ]
     # A random embedder finds about 1 of 10 here (5 of 60 products shown).
     assert sum(found) >= 7, found
 

@@ -40,8 +40,9 @@ def fake_search(monkeypatch, db):
 
 def make_product(sku: str, category: str = "Shirt", price: str = "20.00", in_stock: bool = True) -> Product:
     category_row = catalog_services.category_get_or_create(name=category)
-    product, _ = catalog_services.product_upsert(sku=sku, title=sku, price=Decimal(price), category=category_row,
-                                                 in_stock=in_stock)
+    product, _ = catalog_services.product_upsert(
+        sku=sku, title=sku, price=Decimal(price), category=category_row, in_stock=in_stock
+    )
     return product
 
 
@@ -89,8 +90,10 @@ def test_first_ingestion_registers_the_default_version_and_reingesting_never_dup
 
 def test_a_perturbed_photo_finds_its_item_first(fake_search, fashion_items):
     products = ingest_catalog(fashion_items[:40])
-    hits = [search_by_image(content=perturbed(fashion_items[i][0], seed=i), k=3)[0].product.pk == products[i].pk
-            for i in range(0, 40, 4)]
+    hits = [
+        search_by_image(content=perturbed(fashion_items[i][0], seed=i), k=3)[0].product.pk == products[i].pk
+        for i in range(0, 40, 4)
+    ]
     assert sum(hits) >= 9, hits
 
 
@@ -99,8 +102,10 @@ def test_a_random_embedder_fails_the_perturbed_photo_check(fake_search, fashion_
     products = ingest_catalog(fashion_items[:40])
     version = registry.active_version(fresh=True)
     fake_search.embedders[version.model_version] = RandomEmbedder(version.model_version)
-    found = [search_by_image(content=perturbed(fashion_items[i][0], seed=i), k=3)[0].product.pk == products[i].pk
-             for i in range(0, 40, 4)]
+    found = [
+        search_by_image(content=perturbed(fashion_items[i][0], seed=i), k=3)[0].product.pk == products[i].pk
+        for i in range(0, 40, 4)
+    ]
     assert sum(found) <= 3
 
 
@@ -116,7 +121,8 @@ def test_similar_products_exclude_the_product_and_rank_its_look_alikes_first(fak
 
 
 def test_a_filter_that_only_the_vector_query_can_satisfy_on_a_catalog_larger_than_the_overfetch(
-        fake_search, fashion_items):
+    fake_search, fashion_items
+):
     """Three cheap products rank last for the query; filtering after an over-fetched query would find none."""
     products = ingest_catalog(fashion_items[:60], price="50.00")
     query = fashion_items[0][0]

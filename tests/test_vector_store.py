@@ -10,8 +10,18 @@ def test_a_released_collection_is_loaded_again_on_first_read(vector_store):
     """After a server restart Milvus Lite brings collections back released; reads must not fail."""
     name = vector_store.create_collection("restart-check", dim=4)
     vector_store.point_alias(name)
-    rows = [{"image_id": i, "product_id": i, "category_id": 1, "price": 10.0 * i, "in_stock": True,
-             "model_version": "restart-check", "vector": np.eye(4)[i % 4].tolist()} for i in range(1, 5)]
+    rows = [
+        {
+            "image_id": i,
+            "product_id": i,
+            "category_id": 1,
+            "price": 10.0 * i,
+            "in_stock": True,
+            "model_version": "restart-check",
+            "vector": np.eye(4)[i % 4].tolist(),
+        }
+        for i in range(1, 5)
+    ]
     vector_store.upsert(rows)
     vector_store.release_collection(name)
 
@@ -36,8 +46,20 @@ def test_stock_filter_renders_booleans(flag):
 
 def test_pinned_collection_reads_survive_a_released_collection(vector_store):
     name = vector_store.create_collection("restart-pinned", dim=4)
-    vector_store.upsert([{"image_id": 7, "product_id": 7, "category_id": 1, "price": 1.0, "in_stock": True,
-                          "model_version": "restart-pinned", "vector": [0.0, 0.0, 1.0, 0.0]}], collection=name)
+    vector_store.upsert(
+        [
+            {
+                "image_id": 7,
+                "product_id": 7,
+                "category_id": 1,
+                "price": 1.0,
+                "in_stock": True,
+                "model_version": "restart-pinned",
+                "vector": [0.0, 0.0, 1.0, 0.0],
+            }
+        ],
+        collection=name,
+    )
     vector_store.release_collection(name)
     hits = vector_store.collection(name).search(np.array([0.0, 0.0, 1.0, 0.0]), limit=1)[0]
     assert [hit.product_id for hit in hits] == [7]
@@ -46,8 +68,20 @@ def test_pinned_collection_reads_survive_a_released_collection(vector_store):
 def test_vectors_are_fetched_by_image_id(vector_store):
     name = vector_store.create_collection("by-id", dim=4)
     vector_store.point_alias(name)
-    vector_store.upsert([{"image_id": i, "product_id": 1, "category_id": 1, "price": 1.0, "in_stock": True,
-                          "model_version": "by-id", "vector": np.eye(4)[i].tolist()} for i in range(3)])
+    vector_store.upsert(
+        [
+            {
+                "image_id": i,
+                "product_id": 1,
+                "category_id": 1,
+                "price": 1.0,
+                "in_stock": True,
+                "model_version": "by-id",
+                "vector": np.eye(4)[i].tolist(),
+            }
+            for i in range(3)
+        ]
+    )
     vectors = vector_store.vectors_for_images([0, 2, 99])
     assert vectors.shape == (2, 4)
     assert sorted(int(np.argmax(v)) for v in vectors) == [0, 2]

@@ -6,10 +6,10 @@ imagenet-efficientnet_lite0-128 (the default here) and imagenet-efficientnet_lit
 """
 
 import json
-from pathlib import Path
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -22,7 +22,9 @@ from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import search_by_image
 
-SHIPPED_MODEL_SECTION = json.loads((Path(__file__).parent.parent / "models/visnet-default/config.json").read_text())["model"]
+SHIPPED_MODEL_SECTION = json.loads((Path(__file__).parent.parent / "models/visnet-default/config.json").read_text())[
+    "model"
+]
 V128 = "imagenet-efficientnet_lite0-128"
 V160 = "imagenet-efficientnet_lite0-160"
 
@@ -48,8 +50,9 @@ def fresh_worker(tmp_path, milvus_uri, milvus_names, small_default, transactiona
     app.set_current()
     app.set_default()
     app.control.purge()
-    worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL,
-                          extra_env={"EMBEDDER_IMAGE_SIZE": "128"})
+    worker = start_worker(
+        tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL, extra_env={"EMBEDDER_IMAGE_SIZE": "128"}
+    )
     yield worker
     stop_worker(worker)
 
@@ -72,8 +75,12 @@ def top_product(content):
 def write_artifact(path, model_version="visnet-test-1", **overrides):
     path.mkdir(parents=True, exist_ok=True)
     config = {"model_version": model_version, "model": SHIPPED_MODEL_SECTION}
-    files = {"weights.pt": b"not really weights", "config.json": json.dumps(config).encode(),
-             "metrics.json": json.dumps({"recall@1": 0.42, "recall@10": 0.8}).encode(), "data_hash": b"abc123\n"}
+    files = {
+        "weights.pt": b"not really weights",
+        "config.json": json.dumps(config).encode(),
+        "metrics.json": json.dumps({"recall@1": 0.42, "recall@10": 0.8}).encode(),
+        "data_hash": b"abc123\n",
+    }
     files.update(overrides)
     for name, content in files.items():
         if content is not None:
@@ -112,7 +119,7 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
 
         try:
             while not stop.is_set():
-                for product, content in zip(products, contents):
+                for product, content in zip(products, contents, strict=True):
                     try:
                         seen = registry.active_version().model_version
                         outcomes.append((seen, product.pk, top_product(content)))
@@ -125,8 +132,12 @@ def test_activation_reembeds_swaps_alias_without_downtime_then_rolls_back(small_
     shopper.start()
     try:
         assert activation.model_version_activate(version=v160) == "queued"
-        wait_until(lambda: ModelVersion.objects.get(pk=v160.pk).state == "active", 60, interval=0.2,
-                   message=f"v160 active (worker log: {celery_worker.log()[-2000:]})")
+        wait_until(
+            lambda: ModelVersion.objects.get(pk=v160.pk).state == "active",
+            60,
+            interval=0.2,
+            message=f"v160 active (worker log: {celery_worker.log()[-2000:]})",
+        )
         time.sleep(registry.ACTIVE_VERSION_TTL_SECONDS + 1.0)  # the searches notice the new version
     finally:
         stop.set()
@@ -197,7 +208,9 @@ def test_resumed_reembed_catches_up_with_ingest_and_deletes_then_swaps(small_def
     rows = collection_rows(store, new_collection)
     assert sorted(r["image_id"] for r in rows) == sorted([i.pk for i in images[1:]] + [late.pk])
     assert {r["model_version"] for r in rows} == {V160}
-    assert store.count(collection=registry.get_vector_store().collection_name(V128)) == 4  # kept, minus the deleted image
+    assert (
+        store.count(collection=registry.get_vector_store().collection_name(V128)) == 4
+    )  # kept, minus the deleted image
     assert set(ProductImage.objects.values_list("model_version", flat=True)) == {V160}
 
     # Safe to re-run: nothing changes, nothing is duplicated.
@@ -215,8 +228,12 @@ def test_failed_activation_leaves_the_alias_untouched(small_default, fashion_ite
     artifact = write_artifact(tmp_path / "visnet-test-1")
     call_command("register_model", str(artifact))
     version = ModelVersion.objects.get(model_version="visnet-test-1")
-    assert (version.kind, version.state, version.data_hash, version.metrics["recall@1"]) == \
-        ("visnet", "registered", "abc123", 0.42)
+    assert (version.kind, version.state, version.data_hash, version.metrics["recall@1"]) == (
+        "visnet",
+        "registered",
+        "abc123",
+        0.42,
+    )
     call_command("register_model", str(artifact))  # idempotent
     assert ModelVersion.objects.filter(model_version="visnet-test-1").count() == 1
 
@@ -235,11 +252,14 @@ def test_failed_activation_leaves_the_alias_untouched(small_default, fashion_ite
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("overrides, reason", [
-    ({"weights.pt": None}, "lacks weights.pt"),
-    ({"config.json": b"{not json"}, "does not parse"),
-    ({"config.json": b"{}"}, "no model_version"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({"weights.pt": None}, "lacks weights.pt"),
+        ({"config.json": b"{not json"}, "does not parse"),
+        ({"config.json": b"{}"}, "no model_version"),
+    ],
+)
 def test_register_refuses_an_invalid_artifact(tmp_path, overrides, reason):
     artifact = write_artifact(tmp_path / "a", **overrides)
     with pytest.raises(versions.ArtifactInvalid, match=reason):

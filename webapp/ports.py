@@ -1,6 +1,6 @@
 """TCP port helpers shared by `make run`, the tests and the benchmarks (no Django needed).
 
-    python -m webapp.ports HOST PORT TIMEOUT_SECONDS   # exit 0 once HOST:PORT accepts connections
+python -m webapp.ports HOST PORT TIMEOUT_SECONDS   # exit 0 once HOST:PORT accepts connections
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 60.0, *, host: str = "127.0.0.1",
-                  process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 60.0, *, host: str = "127.0.0.1", process: subprocess.Popen | None = None
+) -> None:
     """Return once host:port accepts a TCP connection; raise PortTimeout when it does not in time.
 
     With `process`, fail as soon as that process exits (its log says why) instead of waiting out the timeout.

@@ -33,12 +33,16 @@ def api_docs(request):
         "<h1>{title} <small>{version}</small></h1><p>{description}</p>"
         '<p>Machine-readable schema: <a href="{schema_url}">{schema_url}</a> (OpenAPI 3, YAML; add '
         "<code>?format=json</code> for JSON). Reads are public; writes need an authenticated user "
-        "(session or HTTP Basic). Errors are JSON: <code>{{\"detail\": message}}</code>, or "
+        '(session or HTTP Basic). Errors are JSON: <code>{{"detail": message}}</code>, or '
         "<code>{{field: [messages]}}</code> for invalid input.</p>"
         "<h2>Endpoints</h2>{operations}<h2>Schemas</h2>{components}</body></html>",
-        title=info.get("title", "API"), version=info.get("version", ""), description=info.get("description", ""),
-        css=mark_safe(DOCS_CSS), schema_url=request.build_absolute_uri(reverse("api:schema")),
-        operations=_join(operations), components=_join(_component_html(n, c) for n, c in components),
+        title=info.get("title", "API"),
+        version=info.get("version", ""),
+        description=info.get("description", ""),
+        css=mark_safe(DOCS_CSS),
+        schema_url=request.build_absolute_uri(reverse("api:schema")),
+        operations=_join(operations),
+        components=_join(_component_html(n, c) for n, c in components),
     )
     return HttpResponse(html)
 
@@ -85,31 +89,67 @@ def _type_html(schema: dict) -> SafeString:
 
 def _operation_html(path: str, method: str, operation: dict) -> SafeString:
     parameters = operation.get("parameters", [])
-    params_html = format_html(
-        "<table><tr><th>Parameter</th><th>In</th><th>Required</th><th>Type</th><th>Description</th></tr>{}</table>",
-        format_html_join("", "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (p["name"], p["in"], "yes" if p.get("required") else "no", _type_html(p.get("schema", {})),
-             p.get("description", ""))
-            for p in parameters
-        )),
-    ) if parameters else ""
+    params_html = (
+        format_html(
+            "<table><tr><th>Parameter</th><th>In</th><th>Required</th><th>Type</th><th>Description</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        p["name"],
+                        p["in"],
+                        "yes" if p.get("required") else "no",
+                        _type_html(p.get("schema", {})),
+                        p.get("description", ""),
+                    )
+                    for p in parameters
+                ),
+            ),
+        )
+        if parameters
+        else ""
+    )
     content = operation.get("requestBody", {}).get("content", {})
-    body_html = format_html(
-        "<p><b>Request body</b>: {}</p>",
-        format_html_join("; ", "<code>{}</code> {}", ((media, _type_html(spec.get("schema", {})))
-                                                       for media, spec in content.items())),
-    ) if content else ""
-    responses = format_html_join("", "<li><b>{}</b> {} {}</li>", (
-        (code, _type_html(next(iter(response["content"].values())).get("schema", {}))
-         if response.get("content") else "", response.get("description", ""))
-        for code, response in operation.get("responses", {}).items()
-    ))
+    body_html = (
+        format_html(
+            "<p><b>Request body</b>: {}</p>",
+            format_html_join(
+                "; ",
+                "<code>{}</code> {}",
+                ((media, _type_html(spec.get("schema", {}))) for media, spec in content.items()),
+            ),
+        )
+        if content
+        else ""
+    )
+    responses = format_html_join(
+        "",
+        "<li><b>{}</b> {} {}</li>",
+        (
+            (
+                code,
+                _type_html(next(iter(response["content"].values())).get("schema", {}))
+                if response.get("content")
+                else "",
+                response.get("description", ""),
+            )
+            for code, response in operation.get("responses", {}).items()
+        ),
+    )
     anchor = f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", "")
     return format_html(
         '<section class="op" id="{}"><h3><span class="method {}">{}</span> <code>{}</code> {}</h3><p>{}</p>'
         "{}{}<p><b>Responses</b></p><ul>{}</ul></section>",
-        anchor, method, method.upper(), path, operation.get("summary", ""), operation.get("description", ""),
-        params_html, body_html, responses,
+        anchor,
+        method,
+        method.upper(),
+        path,
+        operation.get("summary", ""),
+        operation.get("description", ""),
+        params_html,
+        body_html,
+        responses,
     )
 
 
@@ -117,16 +157,21 @@ def _component_html(name: str, component: dict) -> SafeString:
     properties = component.get("properties", {})
     required = set(component.get("required", []))
     if not properties:
-        return format_html('<section id="schema-{}"><h3>{}</h3><p>{}</p></section>', name, name,
-                           _type_html(component))
-    rows = format_html_join("", "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-        (prop, "yes" if prop in required else "no", _type_html(spec), spec.get("description", ""))
-        for prop, spec in properties.items()
-    ))
+        return format_html('<section id="schema-{}"><h3>{}</h3><p>{}</p></section>', name, name, _type_html(component))
+    rows = format_html_join(
+        "",
+        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (prop, "yes" if prop in required else "no", _type_html(spec), spec.get("description", ""))
+            for prop, spec in properties.items()
+        ),
+    )
     return format_html(
         '<section id="schema-{}"><h3>{}</h3><table><tr><th>Field</th><th>Required</th><th>Type</th>'
         "<th>Description</th></tr>{}</table></section>",
-        name, name, rows,
+        name,
+        name,
+        rows,
     )
 
 

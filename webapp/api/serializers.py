@@ -94,7 +94,8 @@ class RankedResultsOutputSerializer(serializers.Serializer):
 
     count = serializers.IntegerField(read_only=True)
     collection = serializers.CharField(
-        read_only=True, allow_null=True,
+        read_only=True,
+        allow_null=True,
         help_text="The vector collection (one per embedding model version) that answered; null if none is active.",
     )
     results = RankedProductOutputSerializer(many=True, read_only=True)
@@ -158,8 +159,9 @@ class VectorFilterInputSerializer(serializers.Serializer):
 
 
 class ProductListFilterInputSerializer(VectorFilterInputSerializer):
-    q = serializers.CharField(required=False, allow_blank=True, max_length=200,
-                              help_text="Words in the title or brand (case-insensitive).")
+    q = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, help_text="Words in the title or brand (case-insensitive)."
+    )
 
 
 class SimilarProductsInputSerializer(VectorFilterInputSerializer):
@@ -192,8 +194,9 @@ class ProductCreateInputSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=300)
     brand = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
     price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
-    currency = serializers.CharField(max_length=3, min_length=3, required=False, default="USD",
-                                     help_text="ISO 4217 code.")
+    currency = serializers.CharField(
+        max_length=3, min_length=3, required=False, default="USD", help_text="ISO 4217 code."
+    )
     category = serializers.CharField(max_length=120, help_text="Category name; created when new.")
     attributes = serializers.DictField(required=False, default=dict)
     in_stock = serializers.BooleanField(required=False, default=True)
@@ -207,4 +210,3 @@ class ProductCreateInputSerializer(serializers.Serializer):
         if not re.fullmatch(r"[A-Za-z]{3}", value):
             raise serializers.ValidationError("Use a three-letter ISO 4217 code.")
         return value.upper()
-

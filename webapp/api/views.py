@@ -30,8 +30,10 @@ from webapp.search.vector_store import CollectionNotFound, VectorStoreUnavailabl
 
 logger = logging.getLogger(__name__)
 
-BAD_IMAGE = OpenApiResponse(OpenApiTypes.OBJECT, description='Not an acceptable image: {"detail": message}; '
-                                                          "or invalid input: {field: [messages]}.")
+BAD_IMAGE = OpenApiResponse(
+    OpenApiTypes.OBJECT,
+    description='Not an acceptable image: {"detail": message}; or invalid input: {field: [messages]}.',
+)
 NOT_FOUND = OpenApiResponse(s.ErrorOutputSerializer, description="No such product.")
 UNAVAILABLE = OpenApiResponse(s.ErrorOutputSerializer, description="The vector store is unavailable; retry later.")
 NOT_AUTHENTICATED = OpenApiResponse(s.ErrorOutputSerializer, description="Authentication required.")
@@ -52,8 +54,9 @@ def _ranked_response(request, query: Callable[[], list[RankedProduct]]) -> Respo
         return _results(request, [], collection=None)  # a fresh install: nothing is indexed yet
     except VectorStoreUnavailable as exc:
         logger.warning("vector query failed: %s", exc)
-        return _detail("Visual search is temporarily unavailable; please retry shortly.",
-                       status.HTTP_503_SERVICE_UNAVAILABLE)
+        return _detail(
+            "Visual search is temporarily unavailable; please retry shortly.", status.HTTP_503_SERVICE_UNAVAILABLE
+        )
     try:
         collection = registry.get_vector_store().active_collection()
     except VectorStoreUnavailable:
@@ -62,8 +65,11 @@ def _ranked_response(request, query: Callable[[], list[RankedProduct]]) -> Respo
 
 
 def _results(request, ranked: list[RankedProduct], collection: str | None) -> Response:
-    data = {"count": len(ranked), "collection": collection,
-            "results": [{"score": r.score, "product": r.product} for r in ranked]}
+    data = {
+        "count": len(ranked),
+        "collection": collection,
+        "results": [{"score": r.score, "product": r.product} for r in ranked],
+    }
     return Response(s.RankedResultsOutputSerializer(data, context={"request": request}).data)
 
 
@@ -76,8 +82,11 @@ class ProductListCreateApi(APIView):
         summary="List products",
         description="Products in id order, paginated, optionally filtered.",
         parameters=[s.ProductListFilterInputSerializer],
-        responses={200: s.ProductOutputSerializer(many=True), 400: INVALID,
-                   404: OpenApiResponse(s.ErrorOutputSerializer, description="No such page.")},
+        responses={
+            200: s.ProductOutputSerializer(many=True),
+            400: INVALID,
+            404: OpenApiResponse(s.ErrorOutputSerializer, description="No such page."),
+        },
     )
     def get(self, request):
         filters = s.ProductListFilterInputSerializer(data=request.query_params)
@@ -92,7 +101,7 @@ class ProductListCreateApi(APIView):
         operation_id="products_create",
         summary="Create a product",
         description="Creates a product (and its category, by name, when new). Add images with "
-                    "`POST /api/products/{id}/images/`.",
+        "`POST /api/products/{id}/images/`.",
         request=s.ProductCreateInputSerializer,
         responses={201: s.ProductOutputSerializer, 400: INVALID, 401: NOT_AUTHENTICATED, 403: NOT_AUTHENTICATED},
     )
@@ -102,8 +111,9 @@ class ProductListCreateApi(APIView):
         data = dict(serializer.validated_data)
         product = product_create(category_name=data.pop("category"), **data)
         product = product_queryset().get(pk=product.pk)
-        return Response(s.ProductOutputSerializer(product, context={"request": request}).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            s.ProductOutputSerializer(product, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
 
 
 class ProductDetailApi(APIView):
@@ -134,10 +144,16 @@ class ProductImageCreateApi(APIView):
         operation_id="products_images_create",
         summary="Add an image to a product",
         description="Validates and stores the image, then queues it for ingestion (status `pending`). "
-                    "Returns 200 with the existing image when the same bytes are already on the product.",
+        "Returns 200 with the existing image when the same bytes are already on the product.",
         request={"multipart/form-data": s.ProductImageCreateInputSerializer},
-        responses={201: s.ProductImageOutputSerializer, 200: s.ProductImageOutputSerializer, 400: BAD_IMAGE,
-                   401: NOT_AUTHENTICATED, 403: NOT_AUTHENTICATED, 404: NOT_FOUND},
+        responses={
+            201: s.ProductImageOutputSerializer,
+            200: s.ProductImageOutputSerializer,
+            400: BAD_IMAGE,
+            401: NOT_AUTHENTICATED,
+            403: NOT_AUTHENTICATED,
+            404: NOT_FOUND,
+        },
     )
     def post(self, request, product_id: int):
         product = get_object_or_404(Product, pk=product_id)
@@ -157,7 +173,7 @@ class ProductSimilarApi(APIView):
         operation_id="products_similar",
         summary="Visually similar products",
         description="Products whose images look most like this product's, best first; the product itself is "
-                    "excluded. Empty until the product's images are ingested.",
+        "excluded. Empty until the product's images are ingested.",
         parameters=[s.SimilarProductsInputSerializer],
         responses={200: s.RankedResultsOutputSerializer, 400: INVALID, 404: NOT_FOUND, 503: UNAVAILABLE},
     )

@@ -70,7 +70,18 @@ class ProductImageAdmin(admin.ModelAdmin):
     list_display = ("id", "preview", "product", "status", "attempts", "model_version", "embedded_at", "short_error")
     list_filter = ("status", "model_version")
     search_fields = ("product__title", "product__sku")
-    readonly_fields = ("preview", "checksum", "width", "height", "status", "error", "attempts", "model_version", "embedded_at", "thumbnail")
+    readonly_fields = (
+        "preview",
+        "checksum",
+        "width",
+        "height",
+        "status",
+        "error",
+        "attempts",
+        "model_version",
+        "embedded_at",
+        "thumbnail",
+    )
     list_select_related = ("product",)
     actions = [reingest_images]
 

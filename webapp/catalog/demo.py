@@ -20,8 +20,16 @@ from webapp.catalog.models import Product, ProductImage
 BRANDS = ("Northwind", "Kestrel", "Lumen & Co", "Atelier Nova", "Urban Fable", "Marlow", "Sable", "Tidewater")
 ADJECTIVES = ("Classic", "Relaxed", "Everyday", "Tailored", "Essential", "Vintage", "Soft", "Structured")
 PRICE_RANGES = {  # (low, high) in USD per class, so price filters mean something.
-    "T-shirt/top": (9, 45), "Trouser": (25, 120), "Pullover": (29, 140), "Dress": (30, 220), "Coat": (70, 400),
-    "Sandal": (15, 90), "Shirt": (19, 110), "Sneaker": (40, 180), "Bag": (25, 350), "Ankle boot": (60, 260),
+    "T-shirt/top": (9, 45),
+    "Trouser": (25, 120),
+    "Pullover": (29, 140),
+    "Dress": (30, 220),
+    "Coat": (70, 400),
+    "Sandal": (15, 90),
+    "Shirt": (19, 110),
+    "Sneaker": (40, 180),
+    "Bag": (25, 350),
+    "Ankle boot": (60, 260),
 }
 FULL_SIZE = 70_000
 
@@ -66,10 +74,11 @@ def demo_catalog_load(*, size: int, batch_size: int = 500, progress=None) -> lis
         with transaction.atomic():
             products = Product.objects.bulk_create([_product_for(item, categories) for item in chunk])
             images = []
-            for product, item in zip(products, chunk):
+            for product, item in zip(products, chunk, strict=True):
                 validated = validate_image_bytes(item_png(item.pixels))
-                image = ProductImage(product=product, checksum=validated.checksum, width=validated.width,
-                                     height=validated.height)
+                image = ProductImage(
+                    product=product, checksum=validated.checksum, width=validated.width, height=validated.height
+                )
                 image.image.save(f"{validated.checksum[:16]}.png", ContentFile(validated.content), save=False)
                 images.append(image)
             created = ProductImage.objects.bulk_create(images)

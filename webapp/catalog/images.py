@@ -12,7 +12,7 @@ import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from django.conf import settings
 from django.core.files import File
@@ -21,6 +21,10 @@ from django.template.defaultfilters import filesizeformat
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class InvalidImage(ValueError):
@@ -48,7 +52,7 @@ def check_size(size: int | None, name: str = "The file") -> None:
         raise InvalidImage(f"{name} is {_human(size)}; the limit is {_human(limit)}.")
 
 
-def read_limited(stream: BinaryIO, declared_size: int | None = None, name: str = "The file") -> bytes:
+def read_limited(stream: Readable, declared_size: int | None = None, name: str = "The file") -> bytes:
     """Read an uploaded or local file, refusing it before reading when it declares (or turns out) too large."""
     check_size(declared_size, name)
     limit = settings.IMAGE_MAX_BYTES
@@ -124,9 +128,9 @@ def _check_dimensions(width: int, height: int) -> None:
 
 def open_normalised(content: bytes) -> Image.Image:
     """Decode validated bytes into an upright RGB image (EXIF orientation applied, alpha on white)."""
-    image = Image.open(io.BytesIO(content))
-    image.seek(0)
-    image = ImageOps.exif_transpose(image)
+    decoded = Image.open(io.BytesIO(content))
+    decoded.seek(0)
+    image = ImageOps.exif_transpose(decoded)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -14,8 +14,13 @@ def product_queryset() -> QuerySet[Product]:
     return Product.objects.select_related("category").prefetch_related("images")
 
 
-def product_list(*, category: Category | None = None, max_price: Decimal | float | None = None,
-                 in_stock: bool | None = None, q: str = "") -> QuerySet[Product]:
+def product_list(
+    *,
+    category: Category | None = None,
+    max_price: Decimal | float | None = None,
+    in_stock: bool | None = None,
+    q: str = "",
+) -> QuerySet[Product]:
     """Products in id order, filtered by category, maximum price, stock and a title/brand substring."""
     products = product_queryset()
     if category is not None:

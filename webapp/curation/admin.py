@@ -17,15 +17,17 @@ def _shop_products(skus: set[str]) -> dict[str, Product]:
 
 @admin.action(description="Approve the selected triplets")
 def approve_triplets(modeladmin, request, queryset):
-    count = services.triplets_review(triplet_ids=queryset.values_list("pk", flat=True), status="approved",
-                                     reviewer=request.user)
+    count = services.triplets_review(
+        triplet_ids=queryset.values_list("pk", flat=True), status="approved", reviewer=request.user
+    )
     messages.success(request, f"Approved {count} triplet(s).")
 
 
 @admin.action(description="Reject the selected triplets")
 def reject_triplets(modeladmin, request, queryset):
-    count = services.triplets_review(triplet_ids=queryset.values_list("pk", flat=True), status="rejected",
-                                     reviewer=request.user)
+    count = services.triplets_review(
+        triplet_ids=queryset.values_list("pk", flat=True), status="rejected", reviewer=request.user
+    )
     messages.success(request, f"Rejected {count} triplet(s).")
 
 
@@ -35,10 +37,33 @@ class TripletAdmin(admin.ModelAdmin):
     list_filter = ("status", "kind", "source")
     search_fields = ("anchor_ref", "positive_ref", "negative_ref")
     list_select_related = ("reviewed_by",)
-    readonly_fields = ("anchor", "positive", "negative", "anchor_ref", "positive_ref", "negative_ref", "kind",
-                       "source", "scores", "reviewed_by", "reviewed_at", "created_at")
-    fields = (("anchor", "positive", "negative"), "anchor_ref", "positive_ref", "negative_ref", "kind", "source",
-              "scores", "status", "reviewed_by", "reviewed_at", "created_at")
+    readonly_fields = (
+        "anchor",
+        "positive",
+        "negative",
+        "anchor_ref",
+        "positive_ref",
+        "negative_ref",
+        "kind",
+        "source",
+        "scores",
+        "reviewed_by",
+        "reviewed_at",
+        "created_at",
+    )
+    fields = (
+        ("anchor", "positive", "negative"),
+        "anchor_ref",
+        "positive_ref",
+        "negative_ref",
+        "kind",
+        "source",
+        "scores",
+        "status",
+        "reviewed_by",
+        "reviewed_at",
+        "created_at",
+    )
     actions = [approve_triplets, reject_triplets]
     list_per_page = 50
 
@@ -75,8 +100,13 @@ class TripletAdmin(admin.ModelAdmin):
         file = image and (image.thumbnail or image.image)
         if not file:
             return format_html('<a href="{}">{}</a>', product.get_absolute_url(), ref)
-        return format_html('<a href="{}" title="{}"><img src="{}" style="height:64px;width:auto;border-radius:4px" '
-                           'alt="{}"></a>', product.get_absolute_url(), ref, file.url, product.title)
+        return format_html(
+            '<a href="{}" title="{}"><img src="{}" style="height:64px;width:auto;border-radius:4px" alt="{}"></a>',
+            product.get_absolute_url(),
+            ref,
+            file.url,
+            product.title,
+        )
 
     @admin.display(description="Anchor")
     def anchor(self, obj):

@@ -56,8 +56,15 @@ def _clean_row(data) -> dict:
     status = data.get("status") or Triplet.Status.PENDING
     if status not in Triplet.Status.values:
         raise ValueError(f"status {status!r} is not one of {', '.join(Triplet.Status.values)}")
-    return {"anchor_ref": refs[0], "positive_ref": refs[1], "negative_ref": refs[2], "kind": data["kind"],
-            "source": source, "scores": scores, "status": status}
+    return {
+        "anchor_ref": refs[0],
+        "positive_ref": refs[1],
+        "negative_ref": refs[2],
+        "kind": data["kind"],
+        "source": source,
+        "scores": scores,
+        "status": status,
+    }
 
 
 def triplets_import(*, lines: Iterable[str], progress=None) -> TripletImportReport:
@@ -98,9 +105,15 @@ def triplets_import(*, lines: Iterable[str], progress=None) -> TripletImportRepo
 
 def triplet_record(triplet: Triplet) -> dict:
     """The JSONL record: ml/triplets.py's fields (scores flattened) plus the review status."""
-    return {**(triplet.scores or {}), "anchor": triplet.anchor_ref, "positive": triplet.positive_ref,
-            "negative": triplet.negative_ref, "kind": triplet.kind, "source": triplet.source,
-            "status": triplet.status}
+    return {
+        **(triplet.scores or {}),
+        "anchor": triplet.anchor_ref,
+        "positive": triplet.positive_ref,
+        "negative": triplet.negative_ref,
+        "kind": triplet.kind,
+        "source": triplet.source,
+        "status": triplet.status,
+    }
 
 
 def triplets_export(*, out: IO[str], approved_only: bool = False) -> int:
@@ -121,4 +134,5 @@ def triplets_review(*, triplet_ids: Iterable[int], status: str, reviewer) -> int
         raise ValueError(f"unknown status {status!r}")
     reviewed = status != Triplet.Status.PENDING
     return Triplet.objects.filter(pk__in=list(triplet_ids)).update(
-        status=status, reviewed_by=reviewer if reviewed else None, reviewed_at=timezone.now() if reviewed else None)
+        status=status, reviewed_by=reviewer if reviewed else None, reviewed_at=timezone.now() if reviewed else None
+    )

@@ -82,7 +82,8 @@ def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
 
 def model_version_mark_failed(*, version_id: int, reason: str) -> None:
     ModelVersion.objects.filter(pk=version_id).exclude(state=State.ACTIVE).update(
-        state=State.FAILED, error=reason[:4000], task_token="", updated_at=timezone.now())
+        state=State.FAILED, error=reason[:4000], task_token="", updated_at=timezone.now()
+    )
     logger.error("model version %s failed: %s", version_id, reason)
 
 
@@ -101,13 +102,16 @@ def _embed_into(embedder: Embedder, version: ModelVersion, images: list[ProductI
     if not loaded:
         return []
     vectors = embedder.embed([picture for _, picture in loaded])
-    rows = [vector_row(image, vector, version.model_version) for (image, _), vector in zip(loaded, vectors)]
+    rows = [
+        vector_row(image, vector, version.model_version) for (image, _), vector in zip(loaded, vectors, strict=True)
+    ]
     registry.get_vector_store().upsert(rows, collection=collection, flush=False)
     return [image.pk for image, _ in loaded]
 
 
-def catalog_reembed(*, version_id: int, token: str = "", time_budget: float | None = None,
-                    batch_size: int = REEMBED_BATCH_SIZE) -> bool:
+def catalog_reembed(
+    *, version_id: int, token: str = "", time_budget: float | None = None, batch_size: int = REEMBED_BATCH_SIZE
+) -> bool:
     """The body of the re-embed task. Returns True when finished, False when time ran out (call again).
 
     Progress (cursor, counts) is saved after every batch, so a re-run resumes. A non-transient error
@@ -154,7 +158,8 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
     _catch_up(embedder, version, collection, since, seen, batch_size)
     registry.get_vector_store().flush(collection)
     ProductImage.objects.filter(status=ProductImage.Status.READY, embedded_at__lt=since).exclude(
-        model_version=version.model_version).update(model_version=version.model_version)
+        model_version=version.model_version
+    ).update(model_version=version.model_version)
     _stamp(list(seen), version.model_version)
     # A last look once in-flight ingest batches (started before the swap) have committed.
     dispatch.reembed_queue_on_commit(version_id=version.pk, token=version.task_token, countdown=10)
@@ -177,12 +182,19 @@ def _reembed_start(version: ModelVersion, embedder: Embedder) -> str:
     return collection
 
 
-def _main_pass(version: ModelVersion, embedder: Embedder, collection: str, batch_size: int, started: float,
-               time_budget: float | None) -> bool:
+def _main_pass(
+    version: ModelVersion,
+    embedder: Embedder,
+    collection: str,
+    batch_size: int,
+    started: float,
+    time_budget: float | None,
+) -> bool:
     """Every eligible image, in id order, from the saved cursor; False when the time budget ran out first."""
     while True:
-        batch = list(_eligible().filter(pk__gt=version.reembed_cursor).select_related("product")
-                     .order_by("pk")[:batch_size])
+        batch = list(
+            _eligible().filter(pk__gt=version.reembed_cursor).select_related("product").order_by("pk")[:batch_size]
+        )
         if not batch:
             return True
         written = _embed_into(embedder, version, batch, collection)
@@ -190,15 +202,19 @@ def _main_pass(version: ModelVersion, embedder: Embedder, collection: str, batch
         version.embedded += len(written)
         version.total = max(version.total, version.embedded)
         ModelVersion.objects.filter(pk=version.pk).update(
-            reembed_cursor=version.reembed_cursor, embedded=version.embedded, total=version.total,
-            updated_at=timezone.now())
+            reembed_cursor=version.reembed_cursor,
+            embedded=version.embedded,
+            total=version.total,
+            updated_at=timezone.now(),
+        )
         logger.info("re-embed %s: %d/%d", version.model_version, version.embedded, version.total)
         if time_budget is not None and time.monotonic() - started > time_budget:
             return False
 
 
-def _catch_up_passes(version: ModelVersion, embedder: Embedder, collection: str,
-                     batch_size: int) -> tuple[datetime, dict[int, tuple]]:
+def _catch_up_passes(
+    version: ModelVersion, embedder: Embedder, collection: str, batch_size: int
+) -> tuple[datetime, dict[int, tuple]]:
     """Images created, re-ingested or edited since the re-embed started, until a pass finds none."""
     assert version.reembed_started_at is not None
     since = version.reembed_started_at - CATCH_UP_MARGIN
@@ -225,7 +241,8 @@ def _swap(version: ModelVersion, collection: str) -> bool:
         store.point_alias(collection)
         now = timezone.now()
         ModelVersion.objects.filter(pk__in=[v.pk for v in previous]).update(
-            state=State.STANDBY, deactivated_at=now, updated_at=now)
+            state=State.STANDBY, deactivated_at=now, updated_at=now
+        )
         locked.state = State.ACTIVE
         locked.activated_at = now
         locked.error = ""
@@ -233,23 +250,35 @@ def _swap(version: ModelVersion, collection: str) -> bool:
         locked.embedded = max(version.embedded, locked.embedded)
         locked.save()
     registry.reset_active_version_cache()
-    logger.info("model version %s is active (alias %s -> %s); standby: %s", version.model_version, store.alias,
-                collection, ", ".join(v.model_version for v in previous) or "-")
+    logger.info(
+        "model version %s is active (alias %s -> %s); standby: %s",
+        version.model_version,
+        store.alias,
+        collection,
+        ", ".join(v.model_version for v in previous) or "-",
+    )
     return True
 
 
 def _catch_up(embedder: Embedder, version: ModelVersion, collection: str, since, seen: dict, batch_size: int) -> int:
     """Re-embed the images created, re-ingested or edited since `since` that this run has not yet
     embedded in their current state (`seen`: image id -> its change marks when we embedded it)."""
-    changed = _eligible().filter(Q(pk__gt=version.reembed_cursor) | Q(created_at__gte=since)
-                                 | Q(embedded_at__gte=since) | Q(product__updated_at__gte=since))
-    marks = {pk: (embedded_at, updated_at, status)
-             for pk, embedded_at, updated_at, status in changed.values_list("pk", "embedded_at", "product__updated_at",
-                                                                            "status")}
+    changed = _eligible().filter(
+        Q(pk__gt=version.reembed_cursor)
+        | Q(created_at__gte=since)
+        | Q(embedded_at__gte=since)
+        | Q(product__updated_at__gte=since)
+    )
+    marks = {
+        pk: (embedded_at, updated_at, status)
+        for pk, embedded_at, updated_at, status in changed.values_list(
+            "pk", "embedded_at", "product__updated_at", "status"
+        )
+    }
     todo = sorted(pk for pk, mark in marks.items() if seen.get(pk) != mark)
     count = 0
     for start in range(0, len(todo), batch_size):
-        batch = list(ProductImage.objects.filter(pk__in=todo[start:start + batch_size]).select_related("product"))
+        batch = list(ProductImage.objects.filter(pk__in=todo[start : start + batch_size]).select_related("product"))
         count += len(_embed_into(embedder, version, batch, collection))
     for pk in todo:
         seen[pk] = marks[pk]
@@ -267,7 +296,7 @@ def _reconcile_active(version: ModelVersion, batch_size: int) -> None:
     collection = registry.get_vector_store().create_collection(version.model_version, embedder.dim)
     written = []
     for start in range(0, len(ids), batch_size):
-        batch = list(ProductImage.objects.filter(pk__in=ids[start:start + batch_size]).select_related("product"))
+        batch = list(ProductImage.objects.filter(pk__in=ids[start : start + batch_size]).select_related("product"))
         written += _embed_into(embedder, version, batch, collection)
     registry.get_vector_store().flush(collection)
     _stamp(written, version.model_version)
@@ -277,8 +306,9 @@ def _reconcile_active(version: ModelVersion, batch_size: int) -> None:
 def _stamp(image_ids: list[int], model_version: str, chunk: int = 5000) -> None:
     """Record on ready images that their vector is now from `model_version` (chunked: SQLite limits)."""
     for start in range(0, len(image_ids), chunk):
-        ProductImage.objects.filter(pk__in=image_ids[start:start + chunk], status=ProductImage.Status.READY).exclude(
-            model_version=model_version).update(model_version=model_version)
+        ProductImage.objects.filter(pk__in=image_ids[start : start + chunk], status=ProductImage.Status.READY).exclude(
+            model_version=model_version
+        ).update(model_version=model_version)
 
 
 def _prune(collection: str) -> None:
@@ -309,8 +339,10 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
     if version.state == State.ACTIVE:
         raise VersionError(f"{version.model_version} is already active")
     if version.state != State.STANDBY:
-        raise VersionError(f"{version.model_version} is {version.state}; only a standby version (its collection "
-                           "kept) can be rolled back to — activate it instead to re-embed the catalog")
+        raise VersionError(
+            f"{version.model_version} is {version.state}; only a standby version (its collection "
+            "kept) can be rolled back to — activate it instead to re-embed the catalog"
+        )
     store = registry.get_vector_store()
     collection = store.collection_name(version.model_version)
     if not store.has_collection(collection):
@@ -319,15 +351,20 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if locked.state != State.STANDBY:
             raise VersionError(f"{version.model_version} is {locked.state}")
-        others = list(ModelVersion.objects.select_for_update().filter(state__in=[State.ACTIVE, State.EMBEDDING])
-                      .exclude(pk=version.pk))
+        others = list(
+            ModelVersion.objects.select_for_update()
+            .filter(state__in=[State.ACTIVE, State.EMBEDDING])
+            .exclude(pk=version.pk)
+        )
         store.point_alias(collection)
         now = timezone.now()
         # Previously active -> standby; an unfinished re-embed is abandoned (its task sees the state).
         ModelVersion.objects.filter(pk__in=[v.pk for v in others if v.state == State.ACTIVE]).update(
-            state=State.STANDBY, deactivated_at=now, updated_at=now)
+            state=State.STANDBY, deactivated_at=now, updated_at=now
+        )
         ModelVersion.objects.filter(pk__in=[v.pk for v in others if v.state == State.EMBEDDING]).update(
-            state=State.REGISTERED, task_token="", updated_at=now)
+            state=State.REGISTERED, task_token="", updated_at=now
+        )
         since = (locked.deactivated_at or now) - CATCH_UP_MARGIN
         locked.state = State.ACTIVE
         locked.activated_at = now
@@ -337,11 +374,13 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
         ready = ProductImage.objects.filter(status=ProductImage.Status.READY)
         changed = list(ready.filter(changed_since).values_list("pk", flat=True))
         ready.exclude(changed_since).exclude(model_version=locked.model_version).update(
-            model_version=locked.model_version)
+            model_version=locked.model_version
+        )
         if changed:
             dispatch.ingest_queue_on_commit(image_ids=changed)
     registry.reset_active_version_cache()
-    logger.info("rolled back to %s (was %s); %d changed image(s) queued", version.model_version,
-                previous_name, len(changed))
+    logger.info(
+        "rolled back to %s (was %s); %d changed image(s) queued", version.model_version, previous_name, len(changed)
+    )
     version.refresh_from_db()
     return version

@@ -17,8 +17,11 @@ def activate_versions(modeladmin, request, queryset):
     if outcome == "active":
         messages.info(request, f"{version.model_version} is already active.")
     else:
-        messages.success(request, f"Re-embedding the catalog with {version.model_version} in the background; "
-                                  "the alias swaps when it is done.")
+        messages.success(
+            request,
+            f"Re-embedding the catalog with {version.model_version} in the background; "
+            "the alias swaps when it is done.",
+        )
 
 
 @admin.action(description="Roll back to this version")
@@ -36,13 +39,39 @@ def rollback_to_version(modeladmin, request, queryset):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("model_version", "kind", "state", "progress", "dim", "headline_metrics", "data_hash_short",
-                    "created_at", "activated_at")
+    list_display = (
+        "model_version",
+        "kind",
+        "state",
+        "progress",
+        "dim",
+        "headline_metrics",
+        "data_hash_short",
+        "created_at",
+        "activated_at",
+    )
     list_filter = ("state", "kind")
     search_fields = ("model_version", "data_hash", "artifact_dir")
-    readonly_fields = ("model_version", "kind", "artifact_dir", "pretty_config", "pretty_metrics", "data_hash", "dim",
-                       "state", "embedded", "total", "progress", "reembed_cursor", "reembed_started_at", "error",
-                       "created_at", "updated_at", "activated_at", "deactivated_at")
+    readonly_fields = (
+        "model_version",
+        "kind",
+        "artifact_dir",
+        "pretty_config",
+        "pretty_metrics",
+        "data_hash",
+        "dim",
+        "state",
+        "embedded",
+        "total",
+        "progress",
+        "reembed_cursor",
+        "reembed_started_at",
+        "error",
+        "created_at",
+        "updated_at",
+        "activated_at",
+        "deactivated_at",
+    )
     exclude = ("config", "metrics", "task_token")
     actions = [activate_versions, rollback_to_version]
 

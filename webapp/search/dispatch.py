@@ -20,7 +20,7 @@ INGEST_BATCH_SIZE = 32
 
 def ingest_queue(*, image_ids: list[int], batch_size: int = INGEST_BATCH_SIZE) -> int:
     """Queue ingestion of images in batches; returns the number of tasks queued."""
-    batches = [image_ids[i: i + batch_size] for i in range(0, len(image_ids), batch_size)]
+    batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
     for batch in batches:
         app.send_task(INGEST_IMAGES, args=[batch])
     return len(batches)

@@ -42,9 +42,16 @@ def _set_torch_threads() -> None:
         _threads_set = True
 
 
-def build_embedder(*, kind: str, model_version: str, artifact_dir: Path | None = None,
-                   backbone: str = "efficientnet_lite0", image_size: int = 224, device: str = "auto",
-                   batch_size: int = 32) -> Embedder:
+def build_embedder(
+    *,
+    kind: str,
+    model_version: str,
+    artifact_dir: Path | None = None,
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 224,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> Embedder:
     """An ImageNet stand-in (backbone, image_size) or a trained VisNet artifact, checked against its version.
 
     torch and the models are imported here, not at module import: a Celery prefork parent and the web
@@ -65,6 +72,7 @@ def build_embedder(*, kind: str, model_version: str, artifact_dir: Path | None =
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     if embedder.model_version != model_version:
-        raise EmbedderMismatch(f"the embedder reports model_version {embedder.model_version!r}, "
-                               f"registered as {model_version!r}")
+        raise EmbedderMismatch(
+            f"the embedder reports model_version {embedder.model_version!r}, registered as {model_version!r}"
+        )
     return embedder

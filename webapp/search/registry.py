@@ -38,8 +38,12 @@ _active_cache: dict[tuple, tuple[float, ModelVersion | None]] = {}
 
 # The active version --------------------------------------------------------------------------
 def _active_key() -> tuple:
-    return (str(settings.DATABASES["default"].get("NAME")), settings.MILVUS_URI, settings.MILVUS_COLLECTION_PREFIX,
-            settings.MILVUS_ALIAS)
+    return (
+        str(settings.DATABASES["default"].get("NAME")),
+        settings.MILVUS_URI,
+        settings.MILVUS_COLLECTION_PREFIX,
+        settings.MILVUS_ALIAS,
+    )
 
 
 def active_version(fresh: bool = False) -> ModelVersion | None:
@@ -69,15 +73,20 @@ def reset_active_version_cache() -> None:
 def kept_collections() -> list[str]:
     """Collections besides the alias that deletes must reach: versions embedding or on standby."""
     names = ModelVersion.objects.filter(
-        state__in=[ModelVersion.State.EMBEDDING, ModelVersion.State.STANDBY]).values_list("model_version", flat=True)
+        state__in=[ModelVersion.State.EMBEDDING, ModelVersion.State.STANDBY]
+    ).values_list("model_version", flat=True)
     store = get_vector_store()
     return [store.collection_name(name) for name in names]
 
 
 # Embedders -----------------------------------------------------------------------------------
 def _embedder_key(version: ModelVersion) -> tuple:
-    return (version.model_version, version.kind, version.artifact_dir,
-            tuple(sorted((version.config or {}).items())) if version.kind == ModelVersion.Kind.IMAGENET else ())
+    return (
+        version.model_version,
+        version.kind,
+        version.artifact_dir,
+        tuple(sorted((version.config or {}).items())) if version.kind == ModelVersion.Kind.IMAGENET else (),
+    )
 
 
 def embedder_for(version: ModelVersion) -> Embedder:
@@ -108,8 +117,9 @@ def embedder_for(version: ModelVersion) -> Embedder:
 # The vector store ----------------------------------------------------------------------------
 @functools.cache
 def _store(uri: str, token: str, alias: str, prefix: str, index_type: str, connect_timeout: float) -> MilvusVectorStore:
-    return MilvusVectorStore(uri=uri, token=token, alias=alias, prefix=prefix, index_type=index_type,
-                             connect_timeout=connect_timeout)
+    return MilvusVectorStore(
+        uri=uri, token=token, alias=alias, prefix=prefix, index_type=index_type, connect_timeout=connect_timeout
+    )
 
 
 def get_vector_store() -> MilvusVectorStore:

@@ -24,7 +24,9 @@ class RankedProduct:
 
 def _ranked(hits, limit: int) -> list[RankedProduct]:
     """Join hits to live catalog rows, dropping any product deleted since it was indexed."""
-    products = Product.objects.select_related("category").prefetch_related("images").in_bulk([h.product_id for h in hits])
+    products = (
+        Product.objects.select_related("category").prefetch_related("images").in_bulk([h.product_id for h in hits])
+    )
     ranked = [RankedProduct(products[h.product_id], h.score) for h in hits if h.product_id in products]
     return ranked[:limit]
 

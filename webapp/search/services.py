@@ -84,9 +84,13 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
         if version.model_version == used.model_version:
             break
     collection = collection_ensure(version=used, dim=embedder.dim)
-    registry.get_vector_store().upsert([vector_row(image, vector, embedder.model_version)
-                                        for (image, _, _), vector in zip(prepared, vectors, strict=True)],
-                                       collection=collection)
+    registry.get_vector_store().upsert(
+        [
+            vector_row(image, vector, embedder.model_version)
+            for (image, _, _), vector in zip(prepared, vectors, strict=True)
+        ],
+        collection=collection,
+    )
     for image, _, thumbnail in prepared:
         if _mark_ready(image, thumbnail, embedder.model_version):
             report.ready.append(image.pk)

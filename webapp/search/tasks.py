@@ -61,7 +61,8 @@ def reembed_catalog(self, version_id: int, token: str = "") -> dict:
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
             activation.model_version_mark_failed(
-                version_id=version_id, reason=f"gave up after {self.request.retries + 1} attempts: {exc}")
+                version_id=version_id, reason=f"gave up after {self.request.retries + 1} attempts: {exc}"
+            )
             raise
         logger.warning("re-embed of version %s failed (%s); retry %s", version_id, exc, self.request.retries + 1)
         raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc

@@ -125,9 +125,18 @@ def _is_missing(exc: MilvusException) -> bool:
 class MilvusVectorStore:
     """The store behind `alias` (writes that follow the alias, admin, counts), or a collection pinned by name."""
 
-    def __init__(self, uri: str, token: str = "", alias: str = "products_active", prefix: str = "products",
-                 index_type: str = "AUTOINDEX", connect_timeout: float = 5.0, *,
-                 _connection: _Connection | None = None, _pinned: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        token: str = "",
+        alias: str = "products_active",
+        prefix: str = "products",
+        index_type: str = "AUTOINDEX",
+        connect_timeout: float = 5.0,
+        *,
+        _connection: _Connection | None = None,
+        _pinned: str | None = None,
+    ):
         self.uri = uri
         self.token = token
         self.alias = alias
@@ -155,8 +164,9 @@ class MilvusVectorStore:
 
     def collection(self, name: str) -> MilvusVectorStore:
         """A view of this store pinned to one collection by name (same connection)."""
-        return MilvusVectorStore(self.uri, self.token, self.alias, self.prefix, self.index_type,
-                                 _connection=self._connection, _pinned=name)
+        return MilvusVectorStore(
+            self.uri, self.token, self.alias, self.prefix, self.index_type, _connection=self._connection, _pinned=name
+        )
 
     # Calls ------------------------------------------------------------------------------------
     def _invoke(self, method: str, *args, **kwargs):
@@ -280,8 +290,9 @@ class MilvusVectorStore:
 
     def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]:
         fields = ["image_id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
-        return self._read("query", self.target, filter=f"product_id == {int(product_id)}", output_fields=fields,
-                          empty=[])
+        return self._read(
+            "query", self.target, filter=f"product_id == {int(product_id)}", output_fields=fields, empty=[]
+        )
 
     def vectors_for_images(self, image_ids: list[int]) -> np.ndarray:
         """Vectors of the given images (those indexed), fetched by primary key.
@@ -295,12 +306,17 @@ class MilvusVectorStore:
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
     def iter_rows(self, output_fields: tuple[str, ...] = ("image_id",), batch_size: int = 1000) -> Iterator[dict]:
-        """Every row of the target with the given fields, in batches from the server (nothing when it does not exist)."""
+        """Every row of the target with the given fields, batch by batch (nothing when it does not exist)."""
         if not self.exists():
             return
         try:
-            iterator = self._invoke("query_iterator", collection_name=self.target, batch_size=batch_size,
-                                    filter="image_id >= 0", output_fields=list(output_fields))
+            iterator = self._invoke(
+                "query_iterator",
+                collection_name=self.target,
+                batch_size=batch_size,
+                filter="image_id >= 0",
+                output_fields=list(output_fields),
+            )
         except MilvusException as exc:
             raise VectorStoreUnavailable(f"Milvus query_iterator failed: {exc}") from exc
         try:
@@ -320,8 +336,9 @@ class MilvusVectorStore:
             yield int(row["image_id"])
 
     def count(self, collection: str | None = None) -> int:
-        result = self._read("query", collection or self.target, filter="", output_fields=["count(*)"],
-                            empty=[{"count(*)": 0}])
+        result = self._read(
+            "query", collection or self.target, filter="", output_fields=["count(*)"], empty=[{"count(*)": 0}]
+        )
         return int(result[0]["count(*)"])
 
     def search(self, vectors: np.ndarray, limit: int, filters: SearchFilters = SearchFilters()) -> list[list[Hit]]:
@@ -339,8 +356,10 @@ class MilvusVectorStore:
             empty=[[] for _ in vectors],
         )
         return [
-            [Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"]))
-             for h in hits]
+            [
+                Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"]))
+                for h in hits
+            ]
             for hits in results
         ]
 

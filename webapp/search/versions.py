@@ -15,8 +15,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ml.artifacts import ArtifactInvalid, read_artifact
-from webapp.search.models import ModelVersion
 from webapp.search import registry
+from webapp.search.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,24 @@ def imagenet_version_name(backbone: str, image_size: int) -> str:
 
 def _visnet_defaults(artifact_dir: str | Path) -> tuple[str, dict]:
     artifact = read_artifact(artifact_dir)
-    defaults = {"kind": ModelVersion.Kind.VISNET, "artifact_dir": str(artifact.path), "config": artifact.config,
-                "metrics": artifact.metrics, "data_hash": artifact.data_hash, "dim": artifact.embedding_dim}
+    defaults = {
+        "kind": ModelVersion.Kind.VISNET,
+        "artifact_dir": str(artifact.path),
+        "config": artifact.config,
+        "metrics": artifact.metrics,
+        "data_hash": artifact.data_hash,
+        "dim": artifact.embedding_dim,
+    }
     return artifact.model_version, defaults
 
 
-def model_version_register(*, artifact_dir: str | Path | None = None, kind: str = ModelVersion.Kind.VISNET,
-                           backbone: str | None = None, image_size: int | None = None) -> tuple[ModelVersion, bool]:
+def model_version_register(
+    *,
+    artifact_dir: str | Path | None = None,
+    kind: str = ModelVersion.Kind.VISNET,
+    backbone: str | None = None,
+    image_size: int | None = None,
+) -> tuple[ModelVersion, bool]:
     """Register a VisNet artifact (kind visnet) or an ImageNet stand-in (kind imagenet); idempotent.
 
     Returns (version, created). A model_version already registered from a different artifact
@@ -63,9 +74,11 @@ def model_version_register(*, artifact_dir: str | Path | None = None, kind: str 
         logger.info("registered model version %s (%s)", name, kind)
         return version, created
     if version.kind != kind or (kind == ModelVersion.Kind.VISNET and version.data_hash != defaults["data_hash"]):
-        raise ArtifactInvalid(f"{name} is already registered from a different artifact "
-                              f"(kind {version.kind}, data hash {version.data_hash or '-'}); "
-                              "give the new model its own model_version")
+        raise ArtifactInvalid(
+            f"{name} is already registered from a different artifact "
+            f"(kind {version.kind}, data hash {version.data_hash or '-'}); "
+            "give the new model its own model_version"
+        )
     if kind == ModelVersion.Kind.VISNET and version.artifact_dir != defaults["artifact_dir"]:
         # The same artifact moved (e.g. a new checkout): follow it, keep everything else.
         version.artifact_dir = defaults["artifact_dir"]
@@ -81,8 +94,9 @@ def _version_served_by_alias(collection: str) -> ModelVersion | None:
             return candidate
     match = re.search(r"imagenet_(efficientnet_lite\d)_(\d+)$", collection)
     if match:
-        return model_version_register(kind=ModelVersion.Kind.IMAGENET, backbone=match.group(1),
-                                      image_size=int(match.group(2)))[0]
+        return model_version_register(
+            kind=ModelVersion.Kind.IMAGENET, backbone=match.group(1), image_size=int(match.group(2))
+        )[0]
     return None
 
 
@@ -105,4 +119,3 @@ def default_version_ensure() -> ModelVersion:
     active = ModelVersion.objects.filter(state=State.ACTIVE).order_by("-activated_at", "-id").first()
     assert active is not None
     return active
-

@@ -6,73 +6,97 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Category',
+            name="Category",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, unique=True)),
-                ('slug', models.SlugField(max_length=140, unique=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=120, unique=True)),
+                ("slug", models.SlugField(max_length=140, unique=True)),
             ],
             options={
-                'verbose_name_plural': 'categories',
-                'ordering': ['name'],
+                "verbose_name_plural": "categories",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Product',
+            name="Product",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sku', models.CharField(help_text="The merchant's own product id.", max_length=120, unique=True)),
-                ('title', models.CharField(max_length=300)),
-                ('brand', models.CharField(blank=True, max_length=120)),
-                ('price', models.DecimalField(decimal_places=2, max_digits=12)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('attributes', models.JSONField(blank=True, default=dict)),
-                ('in_stock', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('category', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='products', to='catalog.category')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("sku", models.CharField(help_text="The merchant's own product id.", max_length=120, unique=True)),
+                ("title", models.CharField(max_length=300)),
+                ("brand", models.CharField(blank=True, max_length=120)),
+                ("price", models.DecimalField(decimal_places=2, max_digits=12)),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                ("attributes", models.JSONField(blank=True, default=dict)),
+                ("in_stock", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "category",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="products", to="catalog.category"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='ProductImage',
+            name="ProductImage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('image', models.ImageField(max_length=300, upload_to=webapp.catalog.models.product_image_path)),
-                ('thumbnail', models.ImageField(blank=True, max_length=300, upload_to=webapp.catalog.models.thumbnail_path)),
-                ('source_url', models.URLField(blank=True, max_length=1000)),
-                ('position', models.PositiveIntegerField(default=0)),
-                ('checksum', models.CharField(blank=True, help_text='SHA-256 of the original bytes.', max_length=64)),
-                ('width', models.PositiveIntegerField(blank=True, null=True)),
-                ('height', models.PositiveIntegerField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('processing', 'Processing'), ('ready', 'Ready'), ('failed', 'Failed')], db_index=True, default='pending', max_length=12)),
-                ('error', models.TextField(blank=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('model_version', models.CharField(blank=True, max_length=120)),
-                ('embedded_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('product', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='images', to='catalog.product')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("image", models.ImageField(max_length=300, upload_to=webapp.catalog.models.product_image_path)),
+                (
+                    "thumbnail",
+                    models.ImageField(blank=True, max_length=300, upload_to=webapp.catalog.models.thumbnail_path),
+                ),
+                ("source_url", models.URLField(blank=True, max_length=1000)),
+                ("position", models.PositiveIntegerField(default=0)),
+                ("checksum", models.CharField(blank=True, help_text="SHA-256 of the original bytes.", max_length=64)),
+                ("width", models.PositiveIntegerField(blank=True, null=True)),
+                ("height", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("processing", "Processing"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("model_version", models.CharField(blank=True, max_length=120)),
+                ("embedded_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "product",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="images", to="catalog.product"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['product_id', 'position', 'id'],
+                "ordering": ["product_id", "position", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='product',
-            index=models.Index(fields=['category', 'id'], name='catalog_pro_categor_82b244_idx'),
+            model_name="product",
+            index=models.Index(fields=["category", "id"], name="catalog_pro_categor_82b244_idx"),
         ),
         migrations.AddIndex(
-            model_name='product',
-            index=models.Index(fields=['price'], name='catalog_pro_price_2d2a4c_idx'),
+            model_name="product",
+            index=models.Index(fields=["price"], name="catalog_pro_price_2d2a4c_idx"),
         ),
     ]

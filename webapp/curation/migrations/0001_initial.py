@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,23 +14,52 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Triplet',
+            name="Triplet",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('anchor_ref', models.CharField(max_length=200)),
-                ('positive_ref', models.CharField(max_length=200)),
-                ('negative_ref', models.CharField(max_length=200)),
-                ('kind', models.CharField(choices=[('catalog', 'Catalog'), ('street', 'Street to shop')], db_index=True, max_length=12)),
-                ('source', models.CharField(db_index=True, help_text='The scorer or rule that mined it.', max_length=120)),
-                ('scores', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('rejected', 'Rejected')], db_index=True, default='pending', max_length=12)),
-                ('reviewed_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('reviewed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='reviewed_triplets', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("anchor_ref", models.CharField(max_length=200)),
+                ("positive_ref", models.CharField(max_length=200)),
+                ("negative_ref", models.CharField(max_length=200)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("catalog", "Catalog"), ("street", "Street to shop")], db_index=True, max_length=12
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(db_index=True, help_text="The scorer or rule that mined it.", max_length=120),
+                ),
+                ("scores", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected")],
+                        db_index=True,
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("reviewed_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "reviewed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="reviewed_triplets",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'constraints': [models.UniqueConstraint(fields=('anchor_ref', 'positive_ref', 'negative_ref'), name='unique_triplet')],
+                "ordering": ["id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("anchor_ref", "positive_ref", "negative_ref"), name="unique_triplet"
+                    )
+                ],
             },
         ),
     ]

@@ -4,38 +4,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_version', models.CharField(max_length=120, unique=True)),
-                ('kind', models.CharField(choices=[('imagenet', 'ImageNet stand-in'), ('visnet', 'Trained VisNet')], max_length=12)),
-                ('artifact_dir', models.CharField(blank=True, help_text='Blank for the ImageNet stand-in.', max_length=500)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('data_hash', models.CharField(blank=True, max_length=128)),
-                ('dim', models.PositiveIntegerField(blank=True, null=True)),
-                ('state', models.CharField(choices=[('registered', 'Registered'), ('embedding', 'Embedding the catalog'), ('active', 'Active'), ('standby', 'Standby (kept for rollback)'), ('failed', 'Failed')], db_index=True, default='registered', max_length=12)),
-                ('embedded', models.PositiveIntegerField(default=0)),
-                ('total', models.PositiveIntegerField(default=0)),
-                ('reembed_cursor', models.BigIntegerField(default=0, help_text='Last image id embedded by the main pass.')),
-                ('reembed_started_at', models.DateTimeField(blank=True, null=True)),
-                ('task_token', models.CharField(blank=True, help_text='Only the latest queued re-embed runs.', max_length=32)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('activated_at', models.DateTimeField(blank=True, null=True)),
-                ('deactivated_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("model_version", models.CharField(max_length=120, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("imagenet", "ImageNet stand-in"), ("visnet", "Trained VisNet")], max_length=12
+                    ),
+                ),
+                (
+                    "artifact_dir",
+                    models.CharField(blank=True, help_text="Blank for the ImageNet stand-in.", max_length=500),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("data_hash", models.CharField(blank=True, max_length=128)),
+                ("dim", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("registered", "Registered"),
+                            ("embedding", "Embedding the catalog"),
+                            ("active", "Active"),
+                            ("standby", "Standby (kept for rollback)"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="registered",
+                        max_length=12,
+                    ),
+                ),
+                ("embedded", models.PositiveIntegerField(default=0)),
+                ("total", models.PositiveIntegerField(default=0)),
+                (
+                    "reembed_cursor",
+                    models.BigIntegerField(default=0, help_text="Last image id embedded by the main pass."),
+                ),
+                ("reembed_started_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "task_token",
+                    models.CharField(blank=True, help_text="Only the latest queued re-embed runs.", max_length=32),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("activated_at", models.DateTimeField(blank=True, null=True)),
+                ("deactivated_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
     ]

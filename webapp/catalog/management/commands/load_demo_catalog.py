@@ -15,8 +15,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--size", type=int, default=int(os.environ.get("DEMO_CATALOG_SIZE", 3000)))
         parser.add_argument("--full", action="store_true", help=f"All {FULL_SIZE:,} Fashion-MNIST items.")
-        parser.add_argument("--requeue-pending", action="store_true",
-                            help="Queue again the images still pending or processing (a worker stopped mid-way).")
+        parser.add_argument(
+            "--requeue-pending",
+            action="store_true",
+            help="Queue again the images still pending or processing (a worker stopped mid-way).",
+        )
 
     def handle(self, *args, size, full, requeue_pending, **options):
         size = FULL_SIZE if full else size
@@ -29,8 +32,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         requeued = []
         if requeue_pending:
-            stuck = ProductImage.objects.filter(status__in=[ProductImage.Status.PENDING, ProductImage.Status.PROCESSING])
+            stuck = ProductImage.objects.filter(
+                status__in=[ProductImage.Status.PENDING, ProductImage.Status.PROCESSING]
+            )
             requeued = list(stuck.exclude(pk__in=created).values_list("pk", flat=True))
             product_images_queue_ingest(image_ids=requeued)
-        self.stdout.write(f"demo catalog: {len(created)} new products queued for ingestion"
-                          + (f", {len(requeued)} pending images re-queued" if requeued else ""))
+        self.stdout.write(
+            f"demo catalog: {len(created)} new products queued for ingestion"
+            + (f", {len(requeued)} pending images re-queued" if requeued else "")
+        )

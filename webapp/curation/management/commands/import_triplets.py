@@ -19,8 +19,10 @@ class Command(BaseCommand):
             total = sum(1 for _ in handle)
         with path.open() as handle, tqdm(total=total, desc=f"import {path.name}", unit="row") as progress:
             report = triplets_import(lines=handle, progress=progress)
-        self.stdout.write(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
-                          f"{len(report.errors)} row(s) with errors")
+        self.stdout.write(
+            f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
+            f"{len(report.errors)} row(s) with errors"
+        )
         for number, message in report.errors[:200]:
             self.stdout.write(self.style.WARNING(f"  line {number}: {message}"))
         if len(report.errors) > 200:

@@ -7,8 +7,10 @@ from webapp.search.models import ModelVersion
 
 
 class Command(BaseCommand):
-    help = ("Activate a registered model version: re-embed the catalog into its own collection in the background "
-            "worker, then swap the alias (the previous version stays on standby for rollback).")
+    help = (
+        "Activate a registered model version: re-embed the catalog into its own collection in the background "
+        "worker, then swap the alias (the previous version stays on standby for rollback)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("model_version")
@@ -24,8 +26,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{model_version} is already active")
             return
         if not sync:
-            self.stdout.write(f"{model_version}: re-embedding the catalog in the background worker; "
-                              "the alias swaps when it is done (progress in the admin, Model versions)")
+            self.stdout.write(
+                f"{model_version}: re-embedding the catalog in the background worker; "
+                "the alias swaps when it is done (progress in the admin, Model versions)"
+            )
             return
         logging.getLogger("webapp.search.activation").setLevel(logging.INFO)
         try:

@@ -5,8 +5,10 @@ from webapp.search.versions import default_version_ensure
 
 
 class Command(BaseCommand):
-    help = ("Make sure a model version is active: with none, register what the vector-store alias already serves "
-            "(or the ImageNet stand-in) and mark it active. Idempotent; run by `make run` before anything is read.")
+    help = (
+        "Make sure a model version is active: with none, register what the vector-store alias already serves "
+        "(or the ImageNet stand-in) and mark it active. Idempotent; run by `make run` before anything is read."
+    )
 
     def handle(self, *args, **options):
         try:

@@ -1,0 +1,221 @@
+"""The product's processes, started the way the product starts them: Milvus Lite server, manage.py commands,
+one Celery worker (workers/start_worker.sh, app webapp.celery) and gunicorn, on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from benchmarks.harness import (
+    ROOT,
+    VENV_BIN,
+    BenchError,
+    Context,
+    log,
+    machine_busy,
+    session_cpu_seconds,
+    tail,
+    wait_port,
+)
+from webapp.ports import free_port
+
+BENCH_ALIAS = "bench_active"
+BENCH_PREFIX = "bench"
+
+
+def prepare_dirs(ctx: Context) -> None:
+    if ctx.var_dir.exists() and not ctx.args.keep:
+        if any(ctx.var_dir.iterdir()) and not (ctx.var_dir / ".bench").exists():
+            raise BenchError(f"refusing to wipe {ctx.var_dir}: not empty and not made by this script")
+        log(f"wiping {ctx.var_dir}")
+        shutil.rmtree(ctx.var_dir)
+    ctx.logs.mkdir(parents=True, exist_ok=True)
+    (ctx.var_dir / ".bench").write_text("created by python -m benchmarks\n")
+
+
+def make_env(ctx: Context) -> dict:
+    env = dict(os.environ)
+    for key in ("MEDIA_ROOT", "STATIC_ROOT", "CELERY_BROKER_DIR", "MILVUS_TOKEN"):
+        env.pop(key, None)
+    env.update(
+        VAR_DIR=str(ctx.var_dir),
+        MILVUS_URI=f"http://127.0.0.1:{ctx.milvus_port}",
+        MILVUS_ALIAS=BENCH_ALIAS,
+        MILVUS_COLLECTION_PREFIX=BENCH_PREFIX,
+        CELERY_BROKER_URL=ctx.args.broker_url,
+        DJANGO_SETTINGS_MODULE="webapp.settings",
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY="bench-only-" + uuid.uuid4().hex,
+        YOLO_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(ROOT),
+        MPLBACKEND="Agg",
+    )
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = f"sqlite:///{ctx.var_dir / 'db.sqlite3'}"
+    else:
+        ctx.note("DATABASE_URL was set: the benchmark wrote to that database.")
+    if ctx.args.image_size:
+        env["EMBEDDER_IMAGE_SIZE"] = str(ctx.args.image_size)
+    return env
+
+
+def start_milvus(ctx: Context) -> None:
+    ctx.milvus_port = free_port()
+    log_path = ctx.logs / "milvus.log"
+    argv = [
+        str(VENV_BIN / "milvus-lite"),
+        "server",
+        "--data-dir",
+        str(ctx.var_dir / "milvus"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ctx.milvus_port),
+    ]
+    process = ctx.stack.start("milvus-lite", argv, os.environ.copy(), log_path)
+    wait_port(ctx.milvus_port, 90, process, log_path)
+    ctx.sessions["milvus-lite"] = process.pid
+    ctx.milvus = process
+    log(f"Milvus Lite server on 127.0.0.1:{ctx.milvus_port} (pid {process.pid})")
+
+
+def manage(ctx: Context, *argv: str, timeout: float = 600) -> str:
+    log_path = ctx.logs / f"manage-{argv[0]}.log"
+    process = ctx.stack.start(f"manage {argv[0]}", [sys.executable, "manage.py", *argv], ctx.env, log_path)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        ctx.stack.stop(process)
+        raise BenchError(f"manage.py {' '.join(argv)} took longer than {timeout}s:\n{tail(log_path)}") from None
+    if process.returncode != 0:
+        raise BenchError(f"manage.py {' '.join(argv)} failed ({process.returncode}):\n{tail(log_path)}")
+    return log_path.read_text(errors="replace")
+
+
+def start_worker(ctx: Context) -> None:
+    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default."""
+    log_path = ctx.logs / "worker.log"
+    env = dict(
+        ctx.env,
+        CELERY=str(VENV_BIN / "celery"),
+        CELERY_CONCURRENCY="1",
+        CELERY_PREFETCH=str(ctx.args.worker_prefetch),
+        CELERY_LOGLEVEL="INFO",
+    )
+    if ctx.args.worker_torch_threads:
+        env["TORCH_NUM_THREADS"] = str(ctx.args.worker_torch_threads)
+    argv = [
+        str(ROOT / "workers" / "start_worker.sh"),
+        "ingest,default",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    process = ctx.stack.start("celery worker", argv, env, log_path)
+    deadline = time.monotonic() + 90
+    while "ready." not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"worker did not start:\n{tail(log_path)}")
+        time.sleep(0.2)
+    ctx.sessions["celery worker"] = process.pid
+    log(f"Celery worker ready (concurrency 1, pid {process.pid})")
+
+
+def start_web(ctx: Context) -> None:
+    args = ctx.args
+    ctx.web_port = free_port()
+    log_path = ctx.logs / "gunicorn.log"
+    env = dict(ctx.env, LOG_LEVEL="WARNING")
+    if args.web_torch_threads:
+        env["TORCH_NUM_THREADS"] = str(args.web_torch_threads)
+    argv = [
+        str(VENV_BIN / "gunicorn"),
+        "webapp.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{ctx.web_port}",
+        "--workers",
+        str(args.web_workers),
+        "--threads",
+        str(args.threads),
+        "--timeout",
+        "120",
+        "--error-logfile",
+        str(log_path),
+    ]
+    if args.access_log:
+        argv += ["--access-logfile", str(ctx.logs / "access.log")]
+    process = ctx.stack.start("gunicorn", argv, env, log_path, stop_signal=signal.SIGINT)  # quick shutdown
+    wait_port(ctx.web_port, 90, process, log_path)
+    ctx.sessions["gunicorn"] = process.pid
+    log(f"gunicorn on 127.0.0.1:{ctx.web_port}: {args.web_workers} workers x {args.threads} threads")
+
+
+def setup_django(ctx: Context) -> None:
+    """Django in this process, on the benchmark's database and vector store (for the public services)."""
+    os.environ.update(ctx.env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    ctx.settings = settings
+
+
+def start_stack(ctx: Context) -> None:
+    """Milvus, the database (migrate + the default model version, as `make run` does), worker and web."""
+    start_milvus(ctx)
+    ctx.env = make_env(ctx)
+    log("migrate ...")
+    manage(ctx, "migrate", "--noinput")
+    manage(ctx, "ensure_default_model")
+    setup_django(ctx)
+    start_worker(ctx)
+    start_web(ctx)
+
+
+def wait_machine_quiet(ctx: Context) -> None:
+    """Other processes (a test suite, a dev server) skew every number: wait, bounded, for a quiet machine."""
+    limit, threshold = ctx.args.wait_idle, ctx.args.idle_threshold
+    t0 = time.monotonic()
+    while True:
+        b0 = machine_busy()
+        time.sleep(3)
+        b1 = machine_busy()
+        busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
+        if busy <= threshold or time.monotonic() - t0 >= limit:
+            break
+        log(f"machine {busy * 100:.0f}% busy before the start (other processes); waiting up to {limit:.0f}s ...")
+    ctx.results["busy_before_start"] = busy
+    if busy > threshold:
+        ctx.note(
+            f"The machine was already {busy * 100:.0f}% busy (processes not started by "
+            f"the benchmark) when it started; numbers are pessimistic."
+        )
+    log(f"machine {busy * 100:.0f}% busy before the start")
+
+
+def wait_milvus_idle(ctx: Context) -> float:
+    """Milvus Lite compacts and builds HNSW indexes in a background thread: wait until its CPU goes quiet."""
+    assert ctx.milvus is not None
+    t0 = time.monotonic()
+    quiet = 0
+    last = session_cpu_seconds({"m": ctx.milvus.pid})["m"]
+    while time.monotonic() - t0 < ctx.args.settle_timeout:
+        time.sleep(1.0)
+        now = session_cpu_seconds({"m": ctx.milvus.pid})["m"]
+        quiet = quiet + 1 if now - last < 0.05 else 0
+        last = now
+        if quiet >= 3:
+            return time.monotonic() - t0
+    ctx.note(f"Milvus Lite was still busy (index build) after {ctx.args.settle_timeout}s.")
+    return time.monotonic() - t0

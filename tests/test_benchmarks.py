@@ -1,0 +1,320 @@
+"""Unit tests of the benchmark harness's pure parts: statistics, log parsing, load results, the report tables."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+
+import pytest
+
+from benchmarks.__main__ import parse_args
+from benchmarks.harness import cpu_shares, latency_stats, percentile
+from benchmarks.ingest import worker_task_timeline
+from benchmarks.loadgen import decode_chunked, merge_load_results
+from benchmarks.report import report_markdown
+from benchmarks.table import fmt, markdown_table, met, render_table, table_rows
+
+
+# Statistics ----------------------------------------------------------------------------------
+def test_percentile_interpolates_linearly_like_numpy():
+    values = [4.0, 1.0, 3.0, 2.0]  # unsorted on purpose
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == pytest.approx(2.5)
+    assert percentile(values, 90) == pytest.approx(3.7)
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_percentile_of_nothing_is_nan():
+    assert math.isnan(percentile([], 50))
+
+
+def test_latency_stats_are_in_milliseconds():
+    stats = latency_stats([0.010, 0.020, 0.030, 0.040, 0.100])
+    assert stats["p50"] == pytest.approx(30.0)
+    assert stats["p90"] == pytest.approx(76.0)
+    assert stats["p99"] == pytest.approx(97.6)
+    assert stats["max"] == pytest.approx(100.0)
+    assert stats["mean"] == pytest.approx(40.0)
+    assert all(math.isnan(v) for v in latency_stats([]).values())
+
+
+def test_cpu_shares_divide_by_wall_time():
+    shares = cpu_shares({"wall_s": 4.0, "cpu_s": {"gunicorn": 6.0, "milvus-lite": 1.0}})
+    assert shares == {"gunicorn": 1.5, "milvus-lite": 0.25}
+
+
+# Load results ---------------------------------------------------------------------------------
+def test_merge_load_results_adds_up_the_processes():
+    one = {
+        "lat": [0.01, 0.03],
+        "end": [10.5, 11.0],
+        "start": 10.0,
+        "elapsed": 1.0,
+        "errors": 1,
+        "status": {500: 1},
+        "samples": ["500: b'boom'"],
+        "cpu_s": 0.2,
+        "exhausted": False,
+    }
+    two = {
+        "lat": [0.02],
+        "end": [12.0],
+        "start": 10.0,
+        "elapsed": 2.0,
+        "errors": 2,
+        "status": {500: 1, "TimeoutError": 1},
+        "samples": [],
+        "cpu_s": 0.3,
+        "exhausted": True,
+    }
+    merged = merge_load_results([one, two], concurrency=4, procs=2)
+    assert merged["ok"] == 3
+    assert merged["errors"] == 3
+    assert merged["error_kinds"] == {"500": 2, "TimeoutError": 1}
+    assert merged["error_samples"] == ["500: b'boom'"]
+    assert merged["rps"] == pytest.approx(3 / 2.0)  # over the span every process was sending
+    assert merged["p50"] == pytest.approx(20.0)
+    assert merged["exhausted"] is True
+    assert merged["loadgen_cpu_s"] == pytest.approx(0.5)
+    assert (merged["concurrency"], merged["procs"]) == (4, 2)
+
+
+def test_decode_chunked():
+    assert decode_chunked(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n") == b"hello world"
+
+
+# The worker log ---------------------------------------------------------------------------------
+def test_worker_task_timeline_pairs_received_and_succeeded():
+    task = "Task search.ingest_image_batch"
+    log = "\n".join(
+        [
+            f"[2026-01-02 10:00:00,000: INFO/MainProcess] {task}[aaa-1] received",
+            f"[2026-01-02 10:00:01,500: INFO/ForkPoolWorker-1] {task}[aaa-1] succeeded in 1.4s: {{}}",
+            f"[2026-01-02 10:00:02,000: INFO/MainProcess] {task}[bbb-2] received",
+            f"[2026-01-02 10:00:03,000: INFO/ForkPoolWorker-1] {task}[bbb-2] succeeded in 0.9s: {{}}",
+            "[2026-01-02 10:00:03,100: INFO/MainProcess] Task search.sync_product_vectors[ccc-3] received",
+            f"[2026-01-02 10:00:04,000: INFO/MainProcess] {task}[ddd-4] received",  # never finished
+        ]
+    )
+    tasks = worker_task_timeline(log)
+    assert [t["run_s"] for t in tasks] == [1.4, 0.9]
+    assert tasks[0]["wait_s"] is None
+    assert tasks[1]["wait_s"] == pytest.approx(0.5)  # idle between the first's end and the second's arrival
+    assert tasks[1]["received"] - tasks[0]["received"] == pytest.approx(2.0)
+    assert worker_task_timeline("") == []
+
+
+# Arguments ------------------------------------------------------------------------------------
+def test_quick_overrides_only_the_defaults():
+    args = parse_args(["--quick", "--duration", "7", "--web-workers", "2"])
+    assert (args.ingest, args.catalog, args.fresh_trials) == (300, 5000, 3)
+    assert args.duration == 7.0
+    assert args.warm_passes == 8
+    assert args.ingest_timeout == pytest.approx(60 + 0.5 * 300)
+    assert parse_args(["--only", "similar"]).no_report is True
+
+
+# Report ---------------------------------------------------------------------------------------
+def _cpu(wall: float = 10.0) -> dict:
+    return {
+        "wall_s": wall,
+        "cpu_s": {
+            "celery worker": 8.0,
+            "gunicorn": 4.0,
+            "milvus-lite": 2.0,
+            "bench (this process)": 0.5,
+            "load generator": 1.0,
+        },
+        "machine_busy": 0.8,
+        "other_cpu_s": 0.5,
+    }
+
+
+def _load(ok: int, rps: float, p50: float, p99: float, errors: int = 0, concurrency: int = 32) -> dict:
+    return {
+        "ok": ok,
+        "rps": rps,
+        "p50": p50,
+        "p90": (p50 + p99) / 2,
+        "p99": p99,
+        "errors": errors,
+        "concurrency": concurrency,
+        "latencies_s": [p50 / 1000] * 3,
+        "cpu": _cpu(),
+    }
+
+
+def _results() -> dict:
+    calls = {
+        "resolve active collection": {"p50_ms": 1.0},
+        "query by product_id (rows_for_product)": {"p50_ms": 5.0},
+        "get by primary key (image_id)": {"p50_ms": 2.0},
+        "ANN search k=68, filter product_id != id": {"p50_ms": 6.0},
+        "ANN search k=68, no filter": {"p50_ms": 4.0},
+    }
+    return {
+        "started": dt.datetime(2026, 1, 2, 10, 0, tzinfo=dt.UTC),
+        "notes": ["a note"],
+        "phases": {"setup_s": 30.0, "ingest_s": 60.0, "total_s": 180.0},
+        "machine": {
+            "cpu": "Test CPU",
+            "cores": 2,
+            "affinity": 2,
+            "memory_gib": 7.8,
+            "gpu": "none",
+            "os": "Linux",
+            "python": "3.11.7",
+            "torch": "2.0",
+            "django": "5.2",
+            "gunicorn": "23",
+            "celery": "5.5",
+            "pymilvus": "2.6",
+            "milvus_lite": "3.2",
+        },
+        "cache": "per-process local-memory",
+        "args_web_workers": 4,
+        "embedder": "efficientnet_lite0 at 224 px",
+        "ingest": {
+            "images": 300,
+            "ready": 300,
+            "failed": 0,
+            "first_queued_s": 2.0,
+            "loader_done_s": 5.0,
+            "all_ready_s": 22.0,
+            "img_s_end_to_end": 15.0,
+            "img_s_steady": 41.5,
+            "tasks": 10,
+            "task_p50_s": 1.1,
+            "task_max_s": 7.0,
+            "first_task_s": 7.0,
+            "gap_p50_s": 0.9,
+            "idle_between_tasks": 0.4,
+            "img_s_in_task": 29.1,
+            "cpu": _cpu(20.0),
+            "worker_cpu_s_per_image": 0.05,
+        },
+        "freshness": {
+            "trials": [{}, {}, {}],
+            "vector_store": {"p50": 0.41, "max": 0.5, "missing": 0},
+            "api": {"p50": 0.45, "max": 2.5, "missing": 0},
+            "db_ready": {"p50": 0.4, "max": 0.5, "missing": 0},
+            "pickup": {"p50": 0.1, "max": 0.2, "missing": 0},
+            "task": {"p50": 0.3, "max": 0.3, "missing": 0},
+        },
+        "flush": {"after ingest": {"collection_rows": 303, "upsert_ms_p50": 14.44, "flush_ms_p50": 14.2}},
+        "milvus_calls": {
+            "after ingest": {"vectors": 303, "calls": calls},
+            "full catalog": {"vectors": 5000, "calls": calls},
+        },
+        "scale": {
+            "products": 5000,
+            "vectors": 5000,
+            "dim": 1280,
+            "real_ingested": 300,
+            "synthetic": 4697,
+            "noise_norm": 0.3,
+            "mean_cos_to_source": 0.957,
+            "total_s": 40.0,
+            "db_insert_s": 10.0,
+            "vector_upsert_s": 20.0,
+            "milvus_settle_s": 5.0,
+        },
+        "similar": {
+            "cold": _load(85, 3.2, 8635.7, 18192.8),
+            "warm": _load(2824, 2140.1, 19.4, 85.0) | {"prime_s": 12.0},
+            "warm_set": 100,
+            "cold_pool": 4300,
+        },
+        "search": {
+            "sequential": _load(30, 8.8, 106.0, 177.0, concurrency=1) | {"category_precision_at_10": 0.5},
+            "concurrent": _load(30, 13.8, 264.6, 666.1, errors=1, concurrency=4),
+            "image_bytes_avg": 40960,
+        },
+    }
+
+
+def test_fmt_and_met():
+    assert fmt(3.14159) == "3.1"
+    assert fmt(3.14159, ".2f") == "3.14"
+    assert fmt(None) == "n/a"
+    assert fmt(float("nan")) == "n/a"
+    assert fmt("x", ".1f") == "x"
+    assert met(True) == "**met**"
+    assert met(False) == "**not met**"
+
+
+def test_table_rows_apply_the_targets():
+    rows = {row[0]: row for row in table_rows(_results())}
+    assert list(rows) == [
+        "Ingest (1 worker, concurrency 1)",
+        "Freshness: save → searchable",
+        "Milvus upsert+flush, 32 rows (after ingest)",
+        "GET similar, cold (cache miss)",
+        "GET similar, warm (cached)",
+        "POST search, sequential",
+        "POST search, concurrent",
+    ]
+    assert rows["Ingest (1 worker, concurrency 1)"][2] == "41.5 img/s steady, 15.0 img/s end-to-end"
+    assert rows["Ingest (1 worker, concurrency 1)"][4] == "**met**"
+    assert rows["Freshness: save → searchable"][4] == "**not met**"  # the API took 2.5 s once (> 2 s)
+    assert rows["Milvus upsert+flush, 32 rows (after ingest)"][1:] == [
+        "303 vectors",
+        "upsert 14.4 ms + flush 14.2 ms (p50)",
+        "-",
+        "-",
+    ]
+    cold = rows["GET similar, cold (cache miss)"]
+    assert cold[1] == "85 req, c=32, 5,000 products"
+    assert cold[2] == "3.2 req/s; p50 8635.7 / p90 13414.2 / p99 18192.8 ms; 0 errors"
+    assert cold[3] == "≥ 2,000 req/s, p99 ≤ 100 ms"
+    assert cold[4] == "**not met**"
+    assert rows["GET similar, warm (cached)"][4] == "**met**"
+    assert rows["POST search, sequential"][1] == "30 req, c=1"
+    assert rows["POST search, sequential"][3:] == ["p50 ≤ 250 ms", "**met**"]
+    assert rows["POST search, concurrent"][1:] == [
+        "30 req, c=4",
+        "13.8 req/s; p50 264.6 / p99 666.1 ms; 1 errors",
+        "-",
+        "-",
+    ]
+
+
+def test_render_table_aligns_columns_without_markdown():
+    rows = [["a", "1", "fast", "-", "**met**"], ["longer name", "22", "slow", "≤ 2 s", "**not met**"]]
+    lines = render_table(rows).splitlines()
+    assert lines[0].split() == ["benchmark", "load", "result", "target", "status"]
+    assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
+    # widest of header and cells, two spaces between columns, the markdown bold dropped
+    assert lines[2] == "a            1     fast    -       met    "
+    assert lines[3] == "longer name  22    slow    ≤ 2 s   not met"
+    assert markdown_table(rows)[:2] == ["| benchmark | load | result | target | status |", "|---|---|---|---|---|"]
+    assert markdown_table(rows)[2] == "| a | 1 | fast | - | **met** |"
+
+
+def test_report_markdown_has_every_section():
+    args = argparse.Namespace(
+        web_workers=4, threads=4, load_procs=1, concurrency=32, duration=5.0, warm_passes=16, prime_timeout=30.0
+    )
+    text = report_markdown(_results(), args, ["--quick"])
+    assert text.startswith("# Benchmarks\n\nGenerated by `python -m benchmarks` on 2026-01-02 10:00 UTC (3.0 min).")
+    assert "```\npython -m benchmarks --quick\n```" in text
+    assert "- CPU: Test CPU, 2 cores (2 usable), RAM 8 GiB, GPU: none" in text
+    for heading in (
+        "## Machine",
+        "## Results",
+        "## Catalog and requests",
+        "## Milvus calls behind one similar-products cache miss",
+        "## CPU by process during each run",
+        "## What limits us",
+        "## Notes",
+        "## Phase timings",
+    ):
+        assert f"\n{heading}\n" in text
+    assert "| Ingest (1 worker, concurrency 1) | 300 images | 41.5 img/s steady" in text
+    assert "| query by product_id (rows_for_product) | 5.0 | 5.0 |" in text
+    assert "| ingest | 20 | 80% | 0.40 | 0.20 | 0.10 | 0.05 | 0.03 | 0.03 |" in text
+    assert "one similar-products miss costs about 12 ms of it: at most ~83 misses/s" in text
+    assert "Sanity check: 50% of the top-10 results share the query item's category." in text
+    assert text.endswith("setup 30 s, ingest 60 s, total 180 s\n")
