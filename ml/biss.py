@@ -51,7 +51,8 @@ class ColourHistogramScorer(Scorer):
         out = []
         hb, sb, vb = self.bins
         for img in images:
-            hsv = np.asarray(pad_to_square(img).resize((self.size, self.size), Image.BILINEAR).convert("HSV"), dtype=np.int32)
+            square = pad_to_square(img).resize((self.size, self.size), Image.Resampling.BILINEAR)
+            hsv = np.asarray(square.convert("HSV"), dtype=np.int32)
             h = hsv[..., 0] * hb // 256
             s = hsv[..., 1] * sb // 256
             v = hsv[..., 2] * vb // 256
@@ -72,7 +73,8 @@ class PixelScorer(Scorer):
     def features(self, images):
         out = []
         for img in images:
-            g = np.asarray(pad_to_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
+            grey = pad_to_square(img).convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            g = np.asarray(grey, dtype=np.float32)
             g = g - g.mean()
             out.append(g.ravel())
         return _l2(np.stack(out)) if out else np.zeros((0, self.size * self.size), np.float32)
@@ -90,7 +92,8 @@ class EdgeOrientationScorer(Scorer):
         out = []
         c, nb = self.cells, self.bins
         for img in images:
-            g = np.asarray(pad_to_square(img).convert("L").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
+            grey = pad_to_square(img).convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            g = np.asarray(grey, dtype=np.float32)
             gx = np.zeros_like(g)
             gy = np.zeros_like(g)
             gx[:, 1:-1] = g[:, 2:] - g[:, :-2]
@@ -146,7 +149,7 @@ class EnsembleScorer(Scorer):
         precomputed = precomputed or {}
         total = float(sum(self.weights))
         parts = []
-        for scorer, w in zip(self.scorers, self.weights):
+        for scorer, w in zip(self.scorers, self.weights, strict=True):
             f = precomputed.get(scorer.name)
             f = _l2(f) if f is not None else scorer.features(images)
             parts.append(f * np.sqrt(w / total))
@@ -155,18 +158,21 @@ class EnsembleScorer(Scorer):
     @staticmethod
     def combine(feature_sets: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
         total = float(sum(weights))
-        return np.concatenate([_l2(f) * np.sqrt(w / total) for f, w in zip(feature_sets, weights)], axis=1)
+        parts = [_l2(f) * np.sqrt(w / total) for f, w in zip(feature_sets, weights, strict=True)]
+        return np.concatenate(parts, axis=1)
 
 
 def rank_fuse(similarities: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     """Rank-average fusion of [Nq, Ng] similarity matrices: per query, each scorer's similarity is turned
     into a normalised rank in [0, 1] (1 = most similar) and the weighted mean is returned."""
     weights = list(weights) if weights is not None else [1.0] * len(similarities)
-    fused = None
-    for sim, w in zip(similarities, weights):
+    fused: np.ndarray | None = None
+    for sim, w in zip(similarities, weights, strict=False):
         ranks = np.argsort(np.argsort(sim, axis=1), axis=1).astype(np.float32)
         ranks /= max(1, sim.shape[1] - 1)
         fused = ranks * w if fused is None else fused + ranks * w
+    if fused is None:
+        raise ValueError("rank_fuse needs at least one similarity matrix")
     return fused / float(sum(weights))
 
 

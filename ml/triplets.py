@@ -43,7 +43,7 @@ class MinedTriplet:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MinedTriplet":
+    def from_dict(cls, data: dict) -> MinedTriplet:
         known = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -99,7 +99,8 @@ def _topk_rows(sim: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def shop_features_for(bench, indices: Sequence[int], scorer=None, precomputed: dict | None = None) -> np.ndarray:
+def shop_features_for(bench, indices: Sequence[int] | np.ndarray, scorer=None,
+                      precomputed: dict | None = None) -> np.ndarray:
     """BISS ensemble features for shop indices (computed with `scorer`, default: cheap scorers, no CNN)."""
     from ml.biss import default_ensemble
 
@@ -115,7 +116,7 @@ def mine_catalog_triplets(
     bench,
     split: str = "train",
     features: np.ndarray | None = None,
-    pool: Sequence[int] | None = None,
+    pool: Sequence[int] | np.ndarray | None = None,
     scorer=None,
     anchors: int | None = 1000,
     positives_per_anchor: int = 1,
@@ -128,13 +129,17 @@ def mine_catalog_triplets(
 ) -> list[MinedTriplet]:
     """Catalog triplets among shop items of `split` (or the given `pool` of shop indices).
 
-    `features` ([len(pool), D], L2-normalised rows aligned with `pool`) skips computing BISS features."""
+    `features` ([len(pool_ids), D], L2-normalised rows aligned with `pool`) skips computing BISS features."""
     rng = np.random.default_rng(seed)
-    pool = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split), dtype=np.int64)
+    pool_ids = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split),
+                          dtype=np.int64)
     if features is None:
-        features = shop_features_for(bench, pool, scorer)
-    labels = np.asarray(bench.shop_labels)[pool]
-    chosen = np.arange(len(pool)) if anchors is None or anchors >= len(pool) else rng.choice(len(pool), anchors, replace=False)
+        features = shop_features_for(bench, pool_ids, scorer)
+    labels = np.asarray(bench.shop_labels)[pool_ids]
+    if anchors is None or anchors >= len(pool_ids):
+        chosen = np.arange(len(pool_ids))
+    else:
+        chosen = rng.choice(len(pool_ids), anchors, replace=False)
     triplets: list[MinedTriplet] = []
     for cls in np.unique(labels[chosen]):
         members = np.flatnonzero(labels == cls)
@@ -164,8 +169,9 @@ def mine_catalog_triplets(
                         negs.append((n, float(features[a] @ features[n]), "out_of_class"))
                 for n_global, n_score, n_kind in negs:
                     triplets.append(MinedTriplet(
-                        anchor=shop_ref(bench, pool[a]), positive=shop_ref(bench, pool[p_global]),
-                        negative=shop_ref(bench, pool[n_global]), kind="catalog", source=f"{source}:near-vs-{n_kind}",
+                        anchor=shop_ref(bench, pool_ids[a]), positive=shop_ref(bench, pool_ids[p_global]),
+                        negative=shop_ref(bench, pool_ids[n_global]), kind="catalog",
+                        source=f"{source}:near-vs-{n_kind}",
                         positive_score=float(sim[row, p]), negative_score=n_score, negative_kind=n_kind,
                     ))
     return triplets
@@ -175,9 +181,9 @@ def mine_street_triplets(
     bench,
     split: str = "train",
     features: np.ndarray | None = None,
-    pool: Sequence[int] | None = None,
+    pool: Sequence[int] | np.ndarray | None = None,
     scorer=None,
-    queries: Sequence[int] | None = None,
+    queries: Sequence[int] | np.ndarray | None = None,
     hard_negatives: int = 3,
     hard_k: int = 10,
     out_of_class_negatives: int = 1,
@@ -191,19 +197,18 @@ def mine_street_triplets(
     rng = np.random.default_rng(seed)
     if queries is None:
         queries = [i for i, item in enumerate(bench.items) if item.split == split]
-    queries = list(queries)
-    if pool is None:
-        pool = np.flatnonzero(np.asarray(bench.shop_split) == split)
-    pool = np.asarray(pool, dtype=np.int64)
-    pos_in_pool = {int(s): j for j, s in enumerate(pool)}
-    missing = [q for q in queries if int(bench.items[q].shop_index) not in pos_in_pool]
+    query_list = list(queries)
+    pool_ids = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split),
+                          dtype=np.int64)
+    pos_in_pool = {int(s): j for j, s in enumerate(pool_ids)}
+    missing = [q for q in query_list if int(bench.items[q].shop_index) not in pos_in_pool]
     if missing:
         raise ValueError(f"{len(missing)} street items have their shop item outside the pool")
     if features is None:
-        features = shop_features_for(bench, pool, scorer)
-    labels = np.asarray(bench.shop_labels)[pool]
+        features = shop_features_for(bench, pool_ids, scorer)
+    labels = np.asarray(bench.shop_labels)[pool_ids]
     triplets: list[MinedTriplet] = []
-    positives = np.array([pos_in_pool[int(bench.items[q].shop_index)] for q in queries], dtype=np.int64)
+    positives = np.array([pos_in_pool[int(bench.items[q].shop_index)] for q in query_list], dtype=np.int64)
     for cls in np.unique(labels[positives]) if len(positives) else []:
         members = np.flatnonzero(labels == cls)
         others = np.flatnonzero(labels != cls)
@@ -214,26 +219,27 @@ def mine_street_triplets(
             sim[members[None, :] == positives[chunk][:, None]] = -np.inf
             near = _topk_rows(sim, hard_k)
             for r, q_row in enumerate(chunk):
-                q = queries[q_row]
+                q = query_list[q_row]
                 p = positives[q_row]
                 cand = near[r][np.isfinite(sim[r, near[r]])]
                 picks = cand[: hard_negatives] if hard_negatives <= len(cand) else cand
                 if len(cand) > hard_negatives:
                     # always the hardest one, the rest sampled from the top-k band
-                    rest = rng.choice(cand[1:], hard_negatives - 1, replace=False) if hard_negatives > 1 else []
+                    rest = (rng.choice(cand[1:], hard_negatives - 1, replace=False) if hard_negatives > 1
+                            else np.zeros(0))
                     picks = np.concatenate([cand[:1], np.asarray(rest, dtype=np.int64)])
                 for n in picks:
                     triplets.append(MinedTriplet(
-                        anchor=street_ref(bench, q), positive=shop_ref(bench, pool[p]),
-                        negative=shop_ref(bench, pool[members[n]]), kind="street",
+                        anchor=street_ref(bench, q), positive=shop_ref(bench, pool_ids[p]),
+                        negative=shop_ref(bench, pool_ids[members[n]]), kind="street",
                         source=f"{source}:nn-of-positive", positive_score=1.0,
                         negative_score=float(sim[r, n]), negative_kind="in_class",
                     ))
                 if len(others):
                     for n in rng.choice(others, min(out_of_class_negatives, len(others)), replace=False):
                         triplets.append(MinedTriplet(
-                            anchor=street_ref(bench, q), positive=shop_ref(bench, pool[p]),
-                            negative=shop_ref(bench, pool[n]), kind="street", source="random:out-of-class",
+                            anchor=street_ref(bench, q), positive=shop_ref(bench, pool_ids[p]),
+                            negative=shop_ref(bench, pool_ids[n]), kind="street", source="random:out-of-class",
                             positive_score=1.0, negative_score=float(features[p] @ features[n]),
                             negative_kind="out_of_class",
                         ))

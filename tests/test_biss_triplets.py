@@ -4,11 +4,26 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ml.biss import (CNNScorer, ColourHistogramScorer, EdgeOrientationScorer, EnsembleScorer, PixelScorer,
-                     default_ensemble, rank_fuse)
-from ml.triplets import (MinedTriplet, RefResolver, load_triplets, mine_catalog_triplets, mine_street_triplets,
-                         parse_ref, save_triplets, triplets_hash)
+from ml.biss import (
+    CNNScorer,
+    ColourHistogramScorer,
+    EdgeOrientationScorer,
+    EnsembleScorer,
+    PixelScorer,
+    default_ensemble,
+    rank_fuse,
+)
 from ml.training.synthetic import SyntheticBenchmark
+from ml.triplets import (
+    MinedTriplet,
+    RefResolver,
+    load_triplets,
+    mine_catalog_triplets,
+    mine_street_triplets,
+    parse_ref,
+    save_triplets,
+    triplets_hash,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from ml.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-from ml.inference.embedder import Embedder, load_pretrained_backbone
+from ml.inference.embedder import Embedder
+from ml.models.backbones import load_pretrained_backbone
 
 JERSEY, SWEATSHIRT, CARDIGAN = 610, 841, 474
 

@@ -15,7 +15,10 @@ from ml.evaluation.metrics import (
     neighbours,
     recall_at_k,
     recall_from_ranks,
+    recall_summary,
 )
+
+TINY_VISNET = Path(__file__).resolve().parent / "fixtures" / "tiny-visnet"
 
 
 def unit(*rows):
@@ -38,6 +41,26 @@ def test_ties_count_against_the_query():
     assert ranks.tolist() == [1]  # an identical distractor ties: no free Recall@1
     constant = np.ones((5, 2), dtype=np.float32) / np.sqrt(2)
     assert recall_at_k(constant[:2], constant, [0, 1], ks=(1,)) == {1: 0.0}
+
+
+def test_training_validation_counts_ties_like_the_evaluation_report():
+    """One Recall@K, one tie rule: a distractor scoring exactly like the true item ranks above it, in the report's
+    exact_item_ranks and in training's validation (which picks the best checkpoint) alike."""
+    import torch
+
+    from ml.training import validation
+
+    assert validation.recall_summary is recall_summary
+    gallery = unit([1, 0], [1, 0], [0, 1], [0.6, 0.8])
+    queries = unit([1, 0], [0, 1], [0.6, 0.8])
+    targets = [1, 2, 3]  # query 0's true item (row 1) ties with row 0; queries 1 and 2 match uniquely
+    assert exact_item_ranks(queries, gallery, targets).tolist() == [1, 0, 0]
+    summary = recall_summary(torch.from_numpy(queries), torch.from_numpy(gallery), targets, ks=(1, 2))
+    assert summary == {"recall@1": pytest.approx(2 / 3), "recall@2": 1.0, "median_rank": 1.0, "queries": 3}
+    assert recall_at_k(queries, gallery, targets, ks=(1, 2)) == {1: pytest.approx(2 / 3), 2: 1.0}
+    constant = np.ones((4, 2), dtype=np.float32) / np.sqrt(2)
+    assert recall_summary(constant[:2], constant, [0, 1], ks=(1, 4)) == {
+        "recall@1": 0.0, "recall@4": 1.0, "median_rank": 4.0, "queries": 2}
 
 
 def test_chunked_ranks_match_brute_force():
@@ -175,3 +198,28 @@ def test_training_section_describes_the_committed_artifact():
     assert deep_branch_suffix(artifact.parent / "visnet-deep-only") == " (deep branch frozen)"
     assert deep_branch_suffix(None) == ""
     assert training_summary(artifact.parent / "no-such-artifact") is None
+
+
+def test_evaluate_scores_the_committed_tiny_visnet_artifact(evaluation):
+    """The evaluation command on tests/fixtures/tiny-visnet (made by `python -m ml.training.train_visnet --config
+    configs/visnet_tiny.yaml --out tests/fixtures/tiny-visnet`): its VisNet row, its training section."""
+    from ml.artifacts import read_artifact
+    from ml.evaluation.evaluate import main
+
+    tmp, _ = evaluation
+    result = main(["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
+                   "--methods", "visnet", "--visnet", str(TINY_VISNET), "--no-study",
+                   "--out", str(tmp / "visnet.md"), "--plot", str(tmp / "visnet.png")])
+    (row,) = result["rows"]
+    artifact = read_artifact(TINY_VISNET)
+    assert row["title"] == "VisNet (deep branch frozen)" and "note" not in row
+    assert row["dim"] == 64 and row["model_version"] == artifact.model_version
+    gallery = result["benchmark"]["gallery"]
+    recall = row["recall"]
+    assert 0.0 <= recall[1] <= recall[5] <= recall[20] <= 1.0
+    assert recall[20] > 20 / gallery  # better than a random ranking of the gallery
+    assert 0.2 < row["category"]["precision@10"] <= 1.0  # 10 balanced categories: chance is 0.1
+    assert result["training"]["model_version"] == artifact.model_version
+    report = (tmp / "visnet.md").read_text()
+    assert "| VisNet (deep branch frozen) | 64 |" in report and "## Training (VisNet)" in report
+    assert {"cpu", "cores", "memory_gib", "gpu", "torch"} <= set(result["machine"])

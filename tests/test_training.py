@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from ml.training.train_visnet import load_config, train
+    from ml.training.config import load_config
+    from ml.training.loop import train
     from ml.training.synthetic import SyntheticBenchmark
 
     tmp = tmp_path_factory.mktemp("visnet")
@@ -44,7 +45,7 @@ def test_artifact_files(trained):
 
 def test_embedder_reproduces_training_embeddings(trained):
     from ml.inference.visnet import load_visnet_embedder
-    from ml.training.train_visnet import embed_refs
+    from ml.training.validation import embed_refs
 
     result, bench, _ = trained
     embedder = load_visnet_embedder(result["out_dir"], device="cpu")
@@ -52,7 +53,8 @@ def test_embedder_reproduces_training_embeddings(trained):
     ev = result["val_eval"]
     refs = ev.gallery_refs[:4] + ev.query_refs[:4]
     expected = embed_refs(result["model"], result["cache"], refs, torch.device("cpu")).numpy()
-    images = [bench.shop_image(int(i)) for i in ev.gallery[:4]] + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:4]]
+    images = ([bench.shop_image(int(i)) for i in ev.gallery[:4]]
+              + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:4]])
     got = embedder.embed(images)
     assert got.shape == (8, 64) and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-4)
@@ -61,7 +63,8 @@ def test_embedder_reproduces_training_embeddings(trained):
 
 
 def test_approved_only_triplets_train(trained, tmp_path):
-    from ml.training.train_visnet import load_config, train
+    from ml.training.config import load_config
+    from ml.training.loop import train
     from ml.triplets import load_triplets, save_triplets
 
     result, bench, tmp = trained
@@ -73,12 +76,13 @@ def test_approved_only_triplets_train(trained, tmp_path):
     config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
         "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
         "model": {"image_size": 32, "deep_size": 32}, "train": {"epochs": 1, "threads": 2}})
-    out = train(config, tmp_path / "approved", bench=bench, triplets=approved, triplets_source="approved", progress=False)
+    out = train(config, tmp_path / "approved", bench=bench, triplets=approved, triplets_source="approved",
+                progress=False)
     saved = json.loads((out["out_dir"] / "config.json").read_text())
     assert saved["triplets"]["count"] == 20 and saved["triplets"]["source"] == "approved"
 
 
-def test_ml_inference_does_not_import_training():
+def test_ml_inference_does_not_import_training_and_models_do_not_import_inference():
     import subprocess
     import sys
 
@@ -86,10 +90,35 @@ def test_ml_inference_does_not_import_training():
             "bad=[m for m in sys.modules if m.startswith('ml.training') or m.startswith('django')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    code = ("import sys, ml.models.visnet, ml.models.backbones; "
+            "bad=[m for m in sys.modules if m.startswith(('ml.inference', 'ml.training', 'ml.evaluation'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_validation_recall_after_a_tiny_run_beats_the_untrained_starting_model(tmp_path):
+    """The same val street crops and gallery, the same initial weights (same seed): training must help."""
+    from ml.models.visnet import VisNet, VisNetConfig
+    from ml.training.config import load_config
+    from ml.training.loop import seed_everything, train
+    from ml.training.synthetic import SyntheticBenchmark
+
+    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
+        "data": {"cache_dir": str(tmp_path / "cache"), "test_eval": False},
+        "model": {"image_size": 32, "deep_size": 32}, "train": {"epochs": 3, "threads": 2}})
+    bench = SyntheticBenchmark(n_shop=200, seed=0, queries_per_split={"train": 1.0, "val": 1.0, "test": 0.1})
+    out = train(config, tmp_path / "artifact", bench=bench, progress=False)
+    seed_everything(int(config["train"]["seed"]))  # as training seeds before it builds the model
+    untrained = out["val_eval"].run(VisNet(VisNetConfig.from_dict(config["model"])), out["cache"], torch.device("cpu"))
+    trained = out["metrics"]["final"]["val"]
+    assert trained["queries"] == untrained["queries"] >= 30 and trained["gallery"] == untrained["gallery"]
+    assert trained["recall@5"] > untrained["recall@5"] and trained["recall@20"] > untrained["recall@20"]
+    assert trained["median_rank"] < untrained["median_rank"]
 
 
 def test_pairs_only_training_trains_each_anchor_positive_pair_once(trained, tmp_path):
-    from ml.training.train_visnet import load_config, train
+    from ml.training.config import load_config
+    from ml.training.loop import train
 
     result, bench, tmp = trained
     street = [t for t in result["triplets"] if t.kind == "street"]
@@ -110,7 +139,7 @@ def test_pairs_only_training_trains_each_anchor_positive_pair_once(trained, tmp_
 
 
 def test_config_extends_another_file(tmp_path):
-    from ml.training.train_visnet import load_config
+    from ml.training.config import load_config
 
     main = load_config(ROOT / "configs" / "visnet.yaml")
     ablation = load_config(ROOT / "configs" / "visnet_deep_only.yaml")
@@ -127,7 +156,9 @@ def test_config_extends_another_file(tmp_path):
 def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(trained, tmp_path):
     from ml.inference.visnet import load_visnet_embedder
     from ml.models.visnet import VisNet, VisNetConfig
-    from ml.training.train_visnet import embed_refs, load_config, train
+    from ml.training.config import load_config
+    from ml.training.loop import train
+    from ml.training.validation import embed_refs
 
     frozen, bench, tmp = trained
     config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
@@ -140,7 +171,8 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
 
     state = torch.load(out["out_dir"] / "weights.pt", weights_only=True)
     last = len(out["model"].deep.blocks) - 1
-    assert any(k.startswith(f"deep.blocks.{last}.") for k in state) and any(k.startswith("deep.conv_head.") for k in state)
+    assert any(k.startswith(f"deep.blocks.{last}.") for k in state)
+    assert any(k.startswith("deep.conv_head.") for k in state)
     assert not any(k.startswith("deep.blocks.0.") or k.startswith("deep.conv_stem.") for k in state)
     pretrained = VisNet(VisNetConfig.from_dict(saved["model"])).state_dict()
     key = next(k for k in state if k.startswith(f"deep.blocks.{last}.") and k.endswith("weight"))
@@ -149,7 +181,8 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
     ev = out["val_eval"]
     refs = ev.gallery_refs[:3] + ev.query_refs[:3]
     expected = embed_refs(out["model"], out["cache"], refs, torch.device("cpu")).numpy()
-    images = [bench.shop_image(int(i)) for i in ev.gallery[:3]] + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:3]]
+    images = ([bench.shop_image(int(i)) for i in ev.gallery[:3]]
+              + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:3]])
     got = load_visnet_embedder(out["out_dir"], device="cpu").embed(images)
     assert np.abs(got - expected).max() < 2e-2
 
@@ -160,8 +193,8 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
 
 
 def test_feature_cache_loader_processes_give_the_same_rows(trained):
+    from ml.feature_cache import DeepFeatureCache
     from ml.models.visnet import VisNet, VisNetConfig
-    from ml.training.train_visnet import FeatureCache
     from ml.triplets import RefResolver
 
     result, bench, _ = trained
@@ -169,7 +202,7 @@ def test_feature_cache_loader_processes_give_the_same_rows(trained):
     model = VisNet(VisNetConfig.from_dict({**result["model"].config.to_dict()}))
     caches = []
     for workers in (1, 2):
-        cache = FeatureCache(model, bench, RefResolver(bench, context=0.1), None, torch.device("cpu"), batch_size=4,
+        cache = DeepFeatureCache(model, bench, RefResolver(bench, context=0.1), None, torch.device("cpu"), batch_size=4,
                              progress=False, keep_images=True, workers=workers)
         cache.ensure(refs, "val")
         caches.append(cache)

@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.models.visnet import VisNet, VisNetConfig, preprocess_image, triplet_loss
+from ml.models.visnet import VisNet, VisNetConfig, preprocess_image
+from ml.training.losses import triplet_loss
 
-SMALL = dict(image_size=64, deep_size=32, embedding_dim=32, shallow_channels=8)
+SMALL = dict(image_size=64, deep_size=32, embedding_dim=32, shallow_channels=8)  # shallow: the default resnet/grey
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,18 @@ def test_frozen_backbone_gets_no_gradient(model):
     assert not any(k.startswith("deep.") for k in saved)
     # the last block trainable: only its weights (and their BN buffers) get saved
     net.freeze_deep(True, train_last_blocks=1)
-    assert any(p.requires_grad for p in net.deep.parameters()) and not all(p.requires_grad for p in net.deep.parameters())
+    assert any(p.requires_grad for p in net.deep.parameters())
+    assert not all(p.requires_grad for p in net.deep.parameters())
     assert any(k.startswith("deep.") for k in net.trainable_state_dict())
+
+
+def test_paper_shallow_branches_keep_their_grid():
+    net = VisNet(VisNetConfig(**SMALL, shallow_arch="paper", shallow_grey=False)).eval()
+    four, eight = net.shallow_branches
+    assert (four.input_size, four.out_dim) == (16, 8 * 16) and (eight.input_size, eight.out_dim) == (8, 8 * 16)
+    with torch.no_grad():
+        emb = net(torch.rand(2, 3, 64, 64))
+    assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
 def test_preprocess_pads_to_square():
@@ -109,7 +120,7 @@ def test_cnn_grey_shallow_branches():
 
 
 def test_batch_triplet_loss_uses_in_batch_negatives():
-    from ml.training.train_visnet import batch_triplet_loss
+    from ml.training.losses import batch_triplet_loss
 
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     cand = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # positives, then negatives
@@ -139,7 +150,7 @@ def test_resnet_shallow_branches_keep_a_grid_and_train():
 
 
 def test_batch_triplet_loss_hardest_negative_only():
-    from ml.training.train_visnet import batch_triplet_loss
+    from ml.training.losses import batch_triplet_loss
 
     a = torch.tensor([[1.0, 0.0]])
     cand = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # positive, a far (d=2) and a near (d=0.8) negative
@@ -169,13 +180,14 @@ def test_committed_artifacts_serve(name):
     first = 0
     other = int(np.flatnonzero(labels != labels[first])[0])
     item = Image.fromarray(255 - pixels[first]).convert("RGB")  # as the catalog shows it
-    vectors = embedder.embed([item, item.rotate(10, fillcolor="white"), Image.fromarray(255 - pixels[other]).convert("RGB")])
+    other_item = Image.fromarray(255 - pixels[other]).convert("RGB")
+    vectors = embedder.embed([item, item.rotate(10, fillcolor="white"), other_item])
     assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(axis=1).mean()) - 1) < 1e-4
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # a rotated view beats another garment
 
 
 def test_occlude_edges_lays_another_images_strip_over_one_edge():
-    from ml.training.train_visnet import occlude_edges
+    from ml.training.augment import occlude_edges
 
     torch.manual_seed(0)
     x = torch.arange(16, dtype=torch.float32).view(16, 1, 1, 1).expand(16, 3, 20, 20).contiguous()

@@ -29,6 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -48,7 +49,7 @@ N_VAL_POOL = 6_000  # Fashion-MNIST train items reserved for val (the rest are t
 # street items per split and the gallery size per split (None: the split's whole pool,
 # i.e. all 10,000 Fashion-MNIST test items for test). train_extra: more train street items, drawn from the
 # whole train pool by a separate random stream after everything else, so val and test stay exactly the same.
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train": 48, "val": 24, "test": 32, "gallery": 160},  # for unit tests
     "small": {"train": 1_000, "val": 200, "test": 200, "gallery": 1_000},
     "full": {"train": 20_000, "val": 2_000, "test": 3_000, "gallery": None, "train_extra": 60_000},
@@ -235,16 +236,16 @@ def _random_colour(rng) -> np.ndarray:
 
 def _render_item(pixels: np.ndarray, side: int, angle: float, rng) -> tuple[np.ndarray, np.ndarray, dict]:
     """An item as (rgb float32 [h,w,3] in 0..1, alpha float32 [h,w]) tightly cropped, plus what was done."""
-    intensity = Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC)
-    intensity = intensity.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=0)
-    bbox = intensity.getbbox() or (0, 0, intensity.width, intensity.height)
-    intensity = np.asarray(intensity.crop(bbox), dtype=np.float32) / 255.0
+    image = Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC)
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=0)
+    bbox = image.getbbox() or (0, 0, image.width, image.height)
+    intensity = np.asarray(image.crop(bbox), dtype=np.float32) / 255.0
     alpha = np.clip(intensity / 0.25, 0.0, 1.0)  # the item's own intensity is its mask
     h, w = intensity.shape
     # Shading keeps the shop image's polarity (dark in the shop = darker here) so the texture survives recolouring.
     shade = np.clip(1.15 - 0.6 * intensity, 0.0, 1.0)[..., None]
     mode = str(rng.choice(["grey", "tint", "pattern"], p=[0.25, 0.5, 0.25]))
-    meta = {"mode": mode}
+    meta: dict[str, Any] = {"mode": mode}
     if mode == "grey":
         level = rng.uniform(0.55, 1.0)
         rgb = np.repeat((1.0 - intensity)[..., None], 3, axis=2) * level + (1 - level) * 0.1
@@ -280,7 +281,7 @@ def _occlusions(full: list[np.ndarray], visible: list[np.ndarray]) -> list[float
     return [1.0 - float(v.sum()) / max(float(f.sum()), 1.0) for f, v in zip(full, visible)]
 
 
-def _render_photo(task: tuple) -> tuple[int, bytes, dict, list[dict]]:
+def _render_photo(task: tuple) -> tuple[int, None, dict, list[dict]]:
     photo_index, split, shop_indices = task
     seed = _WORKER["seed"]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9407, photo_index]))
@@ -311,7 +312,7 @@ def _render_photo(task: tuple) -> tuple[int, bytes, dict, list[dict]]:
         rgb, alpha, meta = _render_item(_WORKER["pixels"][shop_index], side, angle, rng)
         h, w = alpha.shape
         mask_local = alpha > 0.5
-        best = None
+        best: tuple[float, int, int] | None = None
         for _ in range(40):
             x = int(rng.integers(0, PHOTO_SIZE - w + 1))
             y = int(rng.integers(0, PHOTO_SIZE - h + 1))
@@ -324,11 +325,12 @@ def _render_photo(task: tuple) -> tuple[int, bytes, dict, list[dict]]:
             if worst <= MAX_OCCLUSION:
                 best = (worst, x, y)
                 break
+        assert best is not None  # the placement loop runs at least once
         _, x, y = best
         # Soft contact shadow, then the item.
         if rng.random() < 0.6:
-            shadow = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(2, 5)))
-            shadow = np.asarray(shadow, dtype=np.float32) / 255.0 * rng.uniform(0.2, 0.45)
+            blurred = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(2, 5)))
+            shadow = np.asarray(blurred, dtype=np.float32) / 255.0 * rng.uniform(0.2, 0.45)
             dx, dy = int(rng.integers(-4, 5)), int(rng.integers(1, 6))
             sx0, sy0 = max(0, x + dx), max(0, y + dy)
             sx1, sy1 = min(PHOTO_SIZE, x + dx + w), min(PHOTO_SIZE, y + dy + h)
@@ -511,7 +513,8 @@ def load_benchmark(root: Path, size: str | None = None, seed: int | None = None,
     shop_split[np.asarray(data["val_pool"], dtype=np.int64)] = "val"
     items, item_meta = [], []
     for record in data["items"]:
-        items.append(StreetItem(int(record["photo_index"]), tuple(int(v) for v in record["box"]),
+        x0, y0, x1, y1 = (int(v) for v in record["box"])
+        items.append(StreetItem(int(record["photo_index"]), (x0, y0, x1, y1),
                                 int(record["shop_index"]), record["split"]))
         item_meta.append({k: v for k, v in record.items() if k not in ("photo_index", "box", "shop_index", "split")})
     return Benchmark(

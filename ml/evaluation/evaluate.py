@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ml.data.street2shop import Benchmark, build_benchmark
+from ml.artifacts import ArtifactInvalid, read_artifact
+from ml.data.street2shop import build_benchmark
 from ml.evaluation.metrics import category_metrics, exact_item_ranks, l2_normalise, recall_from_ranks
+from ml.feature_cache import EmbeddingCache
+from ml.machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[2]
 KS = (1, 5, 20)
@@ -97,84 +97,6 @@ def make_embedder(method: str, args) -> tuple[object | None, str]:
     return load_visnet_embedder(artifact_dir, device=args.device), ""
 
 
-# -- cached features ----------------------------------------------------------------------------------------
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
-@dataclass
-class FeatureCache:
-    """Vectors of shop items / street items for one embedder, stored incrementally as .npz (ids + vectors)."""
-
-    benchmark: Benchmark
-    embedder: object
-    method: str
-    context: float = 0.1
-    batch: int = 256
-    progress: bool = True
-    seconds: float = 0.0
-    images: int = 0
-    _memory: dict = field(default_factory=dict)
-
-    def _path(self, kind: str) -> Path:
-        version = _safe(str(getattr(self.embedder, "model_version", self.method)))
-        return self.benchmark.root / "features" / f"{_safe(self.method)}__{version}__{kind}.npz"
-
-    def _get(self, kind: str, ids: np.ndarray, load_images) -> np.ndarray:
-        path = self._path(kind)
-        if kind not in self._memory:
-            if path.exists():
-                stored = np.load(path)
-                self._memory[kind] = dict(zip(stored["ids"].tolist(), stored["vectors"]))
-            else:
-                self._memory[kind] = {}
-        known = self._memory[kind]
-        missing = [int(i) for i in ids if int(i) not in known]
-        if missing:
-            bar = None
-            if self.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(missing), desc=f"{self.method} {kind}", unit="img", file=sys.stderr)
-            for start in range(0, len(missing), self.batch):
-                chunk = missing[start:start + self.batch]
-                images = load_images(chunk)
-                started = time.perf_counter()
-                vectors = np.asarray(self.embedder.embed(images), dtype=np.float32)
-                self.seconds += time.perf_counter() - started
-                self.images += len(images)
-                known.update(zip(chunk, vectors))
-                if bar is not None:
-                    bar.update(len(chunk))
-                if (start // self.batch) % 8 == 7:  # save as we go: an interrupted run resumes
-                    self._save(path, known)
-            if bar is not None:
-                bar.close()
-            self._save(path, known)
-        return np.stack([known[int(i)] for i in ids]) if len(ids) else np.zeros((0, 0), dtype=np.float32)
-
-    @staticmethod
-    def _save(path: Path, known: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        all_ids = np.array(sorted(known), dtype=np.int64)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, ids=all_ids, vectors=np.stack([known[i] for i in all_ids.tolist()]))
-        os.replace(tmp, path)
-
-    def shop(self, indices) -> np.ndarray:
-        return self._get("shop", np.asarray(indices), self.benchmark.shop_images)
-
-    def street(self, item_indices) -> np.ndarray:
-        items = self.benchmark.items
-        return self._get(f"street-ctx{self.context:g}", np.asarray(item_indices),
-                         lambda ids: self.benchmark.street_crops([items[i] for i in ids], context=self.context))
-
-    @property
-    def ms_per_image(self) -> float:
-        return 1000 * self.seconds / self.images if self.images else float("nan")
-
-
 # -- dimension study ----------------------------------------------------------------------------------------
 
 def fit_pca(train: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +114,7 @@ def _faiss_ranks(index, queries: np.ndarray, targets: np.ndarray, k: int = 50) -
 
 def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray,
                     dims=(512, 256, 128, 64)) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     full_dim = gallery.shape[1]
     rows.append({"variant": f"original {full_dim}-d float32", "bytes": 4 * full_dim,
                  **recall_from_ranks(exact_item_ranks(queries, gallery, targets), KS)})
@@ -268,7 +190,8 @@ def condition_breakdown(benchmark, queries: np.ndarray, ranks: np.ndarray) -> li
     for mode in ("grey", "tint", "pattern"):
         add("colour", mode, modes == mode)
     for group, (value_of, bins) in CONDITION_BINS.items():
-        values = np.array([value_of(item, photo) for item, photo in zip(item_meta, photo_meta)], dtype=np.float64)
+        values = np.array([value_of(item, photo) for item, photo in zip(item_meta, photo_meta, strict=True)],
+                          dtype=np.float64)
         lower = -np.inf
         for label, upper in bins:
             add(group, label, (values >= lower) & (values < upper))
@@ -290,20 +213,6 @@ def breakdown_lines(method_title: str, rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu,
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
-
-
 def _pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}"
 
@@ -313,8 +222,8 @@ def _ms(value: float) -> str:
 
 
 def results_table(rows: list[dict], gallery_size: int) -> list[str]:
-    header = (f"| Method | dim | Recall@1 | Recall@5 | Recall@20 | gallery | P@10 (category) | mAP@R (category) "
-              f"| ms/image |")
+    header = ("| Method | dim | Recall@1 | Recall@5 | Recall@20 | gallery | P@10 (category) | mAP@R (category) "
+              "| ms/image |")
     lines = [header, "|" + "---|" * 9]
     for row in rows:
         if row.get("note"):
@@ -359,74 +268,104 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate(args) -> dict:
-    started = time.monotonic()
-    benchmark = build_benchmark(args.size, args.seed, args.root, progress=not args.quiet)
-    split = "test"
-    queries = benchmark.query_indices(split)
-    gallery = benchmark.gallery_indices(split, scope=args.gallery)
-    position = {int(shop): i for i, shop in enumerate(gallery)}
-    targets = np.array([position[benchmark.items[i].shop_index] for i in queries], dtype=np.int64)
-    category_set = benchmark.gallery_indices(split)  # the test shop images (full size: all 10k test items)
-    train_items = benchmark.query_indices("train")
-    rng = np.random.default_rng(args.seed)
-    fit_items = np.sort(rng.choice(train_items, min(args.pca_items, len(train_items)), replace=False))
-    fit_shop = np.unique([benchmark.items[i].shop_index for i in fit_items])
+@dataclass
+class EvalSplit:
+    """The test street queries, the gallery they search, and the train items the PCA study is fitted on."""
 
-    rows, caches, method_ranks = [], {}, {}
-    for method in args.methods:
-        embedder, note = make_embedder(method, args)
-        title = TITLES[method] + deep_branch_suffix(getattr(embedder, "artifact_dir", None))
-        if embedder is None:
-            rows.append({"method": method, "title": title, "note": note})
-            print(f"{title}: {note}", file=sys.stderr)
-            continue
-        cache = FeatureCache(benchmark, embedder, method, context=args.context, batch=args.batch_size * 4,
-                             progress=not args.quiet)
-        q = cache.street(queries)
-        g = cache.shop(gallery)
-        ranks = exact_item_ranks(q, g, targets)
-        category = category_metrics(cache.shop(category_set), benchmark.shop_labels[category_set], k=10)
-        row = {"method": method, "title": title, "dim": int(q.shape[1]),
-               "model_version": str(getattr(embedder, "model_version", method)),
-               "recall": recall_from_ranks(ranks, KS), "curve": list(recall_from_ranks(ranks, CURVE_KS).values()),
-               "category": category, "ms_per_image": cache.ms_per_image}
-        rows.append(row)
-        caches[method] = cache
-        method_ranks[method] = ranks
-        print(f"{title}: R@1 {_pct(row['recall'][1])}  R@5 {_pct(row['recall'][5])}  R@20 {_pct(row['recall'][20])}"
-              f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}", file=sys.stderr)
+    benchmark: Any
+    queries: np.ndarray
+    gallery: np.ndarray
+    targets: np.ndarray  # each query's true row in gallery
+    category_set: np.ndarray  # the test shop images (full size: all 10k test items)
+    fit_items: np.ndarray
+    fit_shop: np.ndarray
 
-    study, best = [], None
+    @classmethod
+    def build(cls, args: argparse.Namespace) -> EvalSplit:
+        benchmark = build_benchmark(args.size, args.seed, args.root, progress=not args.quiet)
+        queries = benchmark.query_indices("test")
+        gallery = benchmark.gallery_indices("test", scope=args.gallery)
+        position = {int(shop): i for i, shop in enumerate(gallery)}
+        targets = np.array([position[benchmark.items[i].shop_index] for i in queries], dtype=np.int64)
+        train_items = benchmark.query_indices("train")
+        rng = np.random.default_rng(args.seed)
+        fit_items = np.sort(rng.choice(train_items, min(args.pca_items, len(train_items)), replace=False))
+        fit_shop = np.unique([benchmark.items[i].shop_index for i in fit_items])
+        return cls(benchmark, queries, gallery, targets, benchmark.gallery_indices("test"), fit_items, fit_shop)
+
+
+def score_method(args: argparse.Namespace, split: EvalSplit, method: str
+                 ) -> tuple[dict, EmbeddingCache | None, np.ndarray | None]:
+    """(table row, its embedding cache, the queries' ranks); a row with a note and no cache when unavailable."""
+    embedder, note = make_embedder(method, args)
+    title = TITLES[method] + deep_branch_suffix(getattr(embedder, "artifact_dir", None))
+    if embedder is None:
+        print(f"{title}: {note}", file=sys.stderr)
+        return {"method": method, "title": title, "note": note}, None, None
+    benchmark = split.benchmark
+    cache = EmbeddingCache(benchmark, embedder, method, context=args.context, batch=args.batch_size * 4,
+                           progress=not args.quiet)
+    q = cache.street(split.queries)
+    g = cache.shop(split.gallery)
+    ranks = exact_item_ranks(q, g, split.targets)
+    category = category_metrics(cache.shop(split.category_set), benchmark.shop_labels[split.category_set], k=10)
+    recall = recall_from_ranks(ranks, KS)
+    row = {"method": method, "title": title, "dim": int(q.shape[1]),
+           "model_version": str(getattr(embedder, "model_version", method)),
+           "recall": recall, "curve": list(recall_from_ranks(ranks, CURVE_KS).values()),
+           "category": category, "ms_per_image": cache.ms_per_image}
+    print(f"{title}: R@1 {_pct(recall[1])}  R@5 {_pct(recall[5])}  R@20 {_pct(recall[20])}"
+          f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}", file=sys.stderr)
+    return row, cache, ranks
+
+
+def study_best(rows: list[dict], caches: dict[str, EmbeddingCache], split: EvalSplit
+               ) -> tuple[dict | None, list[dict]]:
+    """(the best learned method's row, its dimension study): Recall@1 first, then Recall@20."""
     learned = [r for r in rows if not r.get("note") and r["method"] not in ("pixels", "colour-histogram")]
-    if learned and not args.no_study:
-        best = max(learned, key=lambda r: (r["recall"][1], r["recall"][20]))
-        cache = caches[best["method"]]
-        train = np.concatenate([cache.street(fit_items), cache.shop(fit_shop)])
-        study = dimension_study(train, cache.street(queries), cache.shop(gallery), targets)
+    if not learned:
+        return None, []
+    best = max(learned, key=lambda r: (r["recall"][1], r["recall"][20]))
+    cache = caches[best["method"]]
+    train = np.concatenate([cache.street(split.fit_items), cache.shop(split.fit_shop)])
+    return best, dimension_study(train, cache.street(split.queries), cache.shop(split.gallery), split.targets)
 
+
+def evaluate(args: argparse.Namespace) -> dict:
+    started = time.monotonic()
+    split = EvalSplit.build(args)
+    benchmark, gallery = split.benchmark, split.gallery
+    rows: list[dict] = []
+    caches: dict[str, EmbeddingCache] = {}
+    method_ranks: dict[str, np.ndarray] = {}
+    for method in args.methods:
+        row, cache, ranks = score_method(args, split, method)
+        rows.append(row)
+        if cache is not None and ranks is not None:
+            caches[method], method_ranks[method] = cache, ranks
+    best, study = study_best(rows, caches, split) if not args.no_study else (None, [])
     breakdown_method = "visnet" if "visnet" in method_ranks else (best["method"] if best else None)
-    breakdown = (condition_breakdown(benchmark, queries, method_ranks[breakdown_method])
+    breakdown = (condition_breakdown(benchmark, split.queries, method_ranks[breakdown_method])
                  if breakdown_method in method_ranks else [])
     result = {
         "training": training_summary(args.visnet) if "visnet" in args.methods else None,
-        "breakdown_method": TITLES.get(breakdown_method) if breakdown else None,
+        "breakdown_method": TITLES.get(breakdown_method) if breakdown and breakdown_method else None,
         "breakdown": breakdown,
         "command": "python -m ml.evaluation.evaluate " + " ".join(args.argv),
         "benchmark": {"size": benchmark.size, "seed": benchmark.seed, "data_hash": benchmark.data_hash,
-                      "root": str(benchmark.root), "queries": int(len(queries)), "gallery": int(len(gallery)),
-                      "gallery_scope": args.gallery, "category_items": int(len(category_set)),
-                      "pca_fit_vectors": int(len(fit_items) + len(fit_shop))},
+                      "root": str(benchmark.root), "queries": int(len(split.queries)), "gallery": int(len(gallery)),
+                      "gallery_scope": args.gallery, "category_items": int(len(split.category_set)),
+                      "pca_fit_vectors": int(len(split.fit_items) + len(split.fit_shop))},
         "settings": {"image_size": args.image_size, "backbone": args.backbone, "context": args.context,
                      "device": args.device},
-        "machine": machine_description(),
+        "machine": describe_machine(),
         "rows": rows,
         "study_method": best["title"] if best else None,
         "study": study,
         "seconds": round(time.monotonic() - started, 1),
     }
     print("\n".join(results_table(rows, len(gallery))))
-    if study:
+    if study and best is not None:
         print(f"\nDimension study ({best['title']}):")
         print("\n".join(study_table(study)))
     if args.out:
@@ -444,21 +383,21 @@ def deep_branch_suffix(artifact_dir) -> str:
     return " (deep branch trained)" if training["deep_blocks_trained"] else " (deep branch frozen)"
 
 
-def training_summary(artifact_dir) -> dict | None:
-    """How the evaluated VisNet artifact was trained, from its metrics.json and config.json."""
+def training_summary(artifact_dir: str | Path | None) -> dict | None:
+    """How the evaluated VisNet artifact was trained, from its metrics.json and config.json (None when there is
+    no valid artifact there)."""
     if not artifact_dir:
         return None
-    artifact = Path(artifact_dir)
     try:
-        metrics = json.loads((artifact / "metrics.json").read_text())
-        config = json.loads((artifact / "config.json").read_text())
-    except (OSError, ValueError):
+        artifact = read_artifact(artifact_dir)
+    except ArtifactInvalid:
         return None
-    train_cfg = config.get("train", {})
-    return {"artifact": str(artifact), "model_version": metrics.get("model_version"),
+    metrics, config, train_cfg = artifact.metrics, artifact.config, artifact.train_config
+    return {"artifact": str(Path(artifact_dir)), "model_version": artifact.model_version,
             "device": metrics.get("device_name") or metrics.get("device"), "threads": metrics.get("torch_threads"),
             "deep_blocks_trained": int(train_cfg.get("train_last_blocks") or 0), "deep_lr": train_cfg.get("deep_lr"),
-            "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None) == "bfloat16",
+            "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None)
+            == "bfloat16",
             "timings": metrics.get("timings", {}),
             "triplets": config.get("triplets", {}),
             "pairs_only": train_cfg.get("mined_negatives", True) is False,
@@ -560,14 +499,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gallery", default="split", choices=("split", "all"),
                         help="split: the test items (10k on full); all: all 70k Fashion-MNIST items")
     parser.add_argument("--visnet", default=None, help="VisNet artifact directory")
-    parser.add_argument("--visnet-deep-only", default=None, help="artifact directory of VisNet without shallow branches")
+    parser.add_argument("--visnet-deep-only", default=None,
+                        help="artifact directory of VisNet without shallow branches")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=128, help="input size for the ImageNet backbone")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--context", type=float, default=0.1, help="margin around the ground-truth box")
-    parser.add_argument("--pca-items", type=int, default=1500, help="train street items (plus their shop images) for PCA")
+    parser.add_argument("--pca-items", type=int, default=1500,
+                        help="train street items (plus their shop images) for PCA")
     parser.add_argument("--no-study", action="store_true")
     parser.add_argument("--out", default=str(REPO / "docs" / "evaluation.md"), help="markdown report ('' for none)")
     parser.add_argument("--plot", default=str(REPO / "docs" / "evaluation_recall_at_k.png"))

@@ -3,6 +3,8 @@
 * exact-item Recall@K (street queries vs a shop gallery): the fraction of queries whose own shop item is among
   the K most similar gallery items. Ties count against the query (rank = number of other gallery items
   scoring at least as high as the true item), so a feature that scores everything alike earns nothing.
+  The one implementation: the evaluation report and training's validation (which picks the best epoch)
+  both count ranks with `exact_item_ranks`.
 * category-level Precision@K and mAP@R (Musgrave, Belongie & Lim, "A Metric Learning Reality Check", ECCV 2020):
   every item queries all the others (itself left out); R = number of other items of its class;
   mAP@R = mean over queries of (1/R) * sum_{i<=R} P(i) * rel(i).
@@ -15,8 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+ArrayLike = np.ndarray | torch.Tensor
 
-def _tensor(x) -> torch.Tensor:
+
+def _tensor(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float32).contiguous()
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
 
 
@@ -25,8 +31,10 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-def exact_item_ranks(queries: np.ndarray, gallery: np.ndarray, targets: Sequence[int], chunk: int = 1024) -> np.ndarray:
-    """0-based rank of each query's true gallery row (`targets[i]` indexes `gallery`) under cosine similarity."""
+def exact_item_ranks(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
+                     chunk: int = 1024) -> np.ndarray:
+    """0-based rank of each query's true gallery row (`targets[i]` indexes `gallery`) under cosine similarity:
+    the number of OTHER gallery rows scoring at least as high (ties count against the query)."""
     q, g = _tensor(queries), _tensor(gallery)
     t = torch.as_tensor(np.asarray(targets, dtype=np.int64))
     if len(t) != len(q):
@@ -43,14 +51,28 @@ def exact_item_ranks(queries: np.ndarray, gallery: np.ndarray, targets: Sequence
 
 
 def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 20)) -> dict[int, float]:
+    """{K: fraction of ranks < K} (NaN without queries)."""
     ranks = np.asarray(ranks)
     return {int(k): float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
 
 
-def recall_at_k(queries: np.ndarray, gallery: np.ndarray, targets: Sequence[int],
+def recall_at_k(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
                 ks: Sequence[int] = (1, 5, 20)) -> dict[int, float]:
     """Exact-item Recall@K for each K."""
     return recall_from_ranks(exact_item_ranks(queries, gallery, targets), ks)
+
+
+def recall_summary(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
+                   ks: Sequence[int] = (1, 5, 20)) -> dict[str, float]:
+    """Exact-item Recall@K as training's validation records it: {"recall@K": ..., "median_rank" (1-based, the
+    lower median), "queries"}; 0.0 for every number without queries."""
+    ranks = torch.as_tensor(exact_item_ranks(queries, gallery, targets))
+    if not len(ranks):
+        return {**{f"recall@{k}": 0.0 for k in ks}, "median_rank": 0.0, "queries": 0}
+    out: dict[str, float] = {f"recall@{k}": float((ranks < k).float().mean()) for k in ks}
+    out["median_rank"] = float(ranks.float().median() + 1)
+    out["queries"] = int(len(ranks))
+    return out
 
 
 def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False,
@@ -71,7 +93,7 @@ def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: b
     return torch.cat(all_scores).numpy(), torch.cat(all_indices).numpy()
 
 
-def category_metrics(vectors: np.ndarray, labels: Sequence[int], k: int = 10) -> dict[str, float]:
+def category_metrics(vectors: np.ndarray, labels: Sequence[int] | np.ndarray, k: int = 10) -> dict[str, float]:
     """Leave-one-out Precision@k and mAP@R over one labelled set (each item queries all the others)."""
     labels = np.asarray(labels)
     counts = np.bincount(labels.astype(np.int64))

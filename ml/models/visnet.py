@@ -13,6 +13,7 @@ S = image_size, produced by `preprocess_image`. The model normalises internally.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,29 +22,32 @@ from PIL import Image
 from torch import nn
 
 from ml.imaging import pad_to_square
+from ml.models.backbones import available_backbones, create_backbone
 
-DEEP_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
+DEEP_BACKBONES = available_backbones()
 
 
 @dataclass
 class VisNetConfig:
+    """The model section of a training config; the defaults are the shipped recipe (configs/visnet.yaml)."""
+
     backbone: str = "efficientnet_lite0"
     image_size: int = 128  # model input side; shallow branches see image_size / factor
     deep_size: int = 64  # the deep branch input side (the input is resized inside the model)
     embedding_dim: int = 512
     shallow: bool = True
     shallow_factors: tuple[int, ...] = (4, 8)
-    shallow_channels: int = 96
+    shallow_channels: int = 24  # "resnet": the stem width, doubled by each stride-2 stage
     shallow_depth: int = 1  # 1 = the paper's single conv + max-pool; 2 adds a 3x3 conv
     shallow_grid: int = 4  # spatial grid kept after pooling (flattened, as in the paper)
-    shallow_arch: str = "paper"  # "paper": one big strided conv (+ depth-1 3x3 convs); "cnn" / "resnet": conv stacks
-    shallow_grey: bool = False  # feed the shallow branches luminance only (street colours are arbitrary)
+    shallow_arch: str = "resnet"  # "paper": one big strided conv (+ depth-1 3x3 convs); "cnn" / "resnet": conv stacks
+    shallow_grey: bool = True  # feed the shallow branches luminance only (street colours are arbitrary)
     vgg16_weights: str | None = None  # path to torchvision VGG16 weights (required for backbone="vgg16")
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VisNetConfig":
+    def from_dict(cls, data: dict) -> VisNetConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for key in ("shallow_factors", "mean", "std"):
@@ -62,7 +66,7 @@ def preprocess_uint8(image: Image.Image, size: int) -> np.ndarray:
     """RGB, padded to a square with the median border colour, resized to size x size: uint8 [S, S, 3]."""
     image = pad_to_square(image)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -71,46 +75,9 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(preprocess_uint8(image, size).copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _load_vgg16(weights_path: str | None) -> tuple[nn.Module, int]:
-    import os
-
-    if not weights_path or not os.path.exists(weights_path):
-        raise FileNotFoundError(
-            "backbone 'vgg16' needs ImageNet weights from a local file: set vgg16_weights to the path of "
-            f"torchvision's vgg16 state_dict (e.g. vgg16-397923af.pth); got {weights_path!r}. Nothing is downloaded."
-        )
-    import torchvision
-
-    model = torchvision.models.vgg16(weights=None)
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    # features -> avgpool -> classifier up to fc7 (4096-d), as in the paper
-    model.classifier = nn.Sequential(*list(model.classifier.children())[:-1])
-    return model, 4096
-
-
 def build_deep_backbone(config: VisNetConfig, pretrained: bool = True) -> tuple[nn.Module, int]:
-    """(module mapping [B,3,s,s] normalised images to [B, D] pooled features, D)."""
-    if config.backbone == "vgg16":
-        return _load_vgg16(config.vgg16_weights) if pretrained else _vgg16_skeleton()
-    from ml.inference.embedder import BACKBONES, load_pretrained_backbone
-
-    if config.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {config.backbone!r}; expected one of {DEEP_BACKBONES}")
-    if pretrained:
-        model = load_pretrained_backbone(config.backbone, num_classes=0)
-    else:
-        import timm
-
-        model = timm.create_model(BACKBONES[config.backbone][0], pretrained=False, num_classes=0)
-    return model, int(model.num_features)
-
-
-def _vgg16_skeleton() -> tuple[nn.Module, int]:
-    import torchvision
-
-    model = torchvision.models.vgg16(weights=None)
-    model.classifier = nn.Sequential(*list(model.classifier.children())[:-1])
-    return model, 4096
+    """(module mapping [B,3,s,s] normalised images to [B, D] pooled features, D), from the backbone registry."""
+    return create_backbone(config.backbone, pretrained=pretrained, weights_path=config.vgg16_weights)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -143,6 +110,7 @@ class ShallowBranch(nn.Module):
         self.grey = grey
         self.input_size = max(8, image_size // factor)
         in_ch = 1 if grey else 3
+        layers: list[nn.Module]
         if arch == "resnet":
             layers = _conv_bn_relu(in_ch, channels) + _conv_bn_relu(channels, channels)
             width, side = channels, self.input_size
@@ -167,7 +135,7 @@ class ShallowBranch(nn.Module):
             conv = nn.Conv2d(in_ch, channels, kernel_size=8, stride=4, padding=2)
         else:  # the paper's 7x7 stride-2 conv on the 8x-downsampled copy
             conv = nn.Conv2d(in_ch, channels, kernel_size=7, stride=2, padding=3)
-        layers: list[nn.Module] = [conv, nn.ReLU(inplace=True)]
+        layers = [conv, nn.ReLU(inplace=True)]
         for _ in range(max(0, depth - 1)):
             layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
@@ -190,6 +158,11 @@ class ShallowBranch(nn.Module):
 
 
 class VisNet(nn.Module):
+    deep: Any  # the backbone (a timm model or torchvision's VGG16 up to fc7)
+    mean: torch.Tensor
+    std: torch.Tensor
+    shallow_branches: nn.ModuleList
+
     def __init__(self, config: VisNetConfig | None = None, pretrained: bool = True, **overrides):
         super().__init__()
         config = config or VisNetConfig()
@@ -197,14 +170,13 @@ class VisNet(nn.Module):
             config = VisNetConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
         self.deep, self.deep_dim = build_deep_backbone(config, pretrained=pretrained)
-        self.shallow_branches = nn.ModuleList(
-            [
-                ShallowBranch(f, config.shallow_channels, config.shallow_depth, config.shallow_grid, config.image_size,
-                              config.shallow_arch, config.shallow_grey)
-                for f in (config.shallow_factors if config.shallow else ())
-            ]
-        )
-        in_dim = self.deep_dim + sum(b.out_dim for b in self.shallow_branches)
+        branches = [
+            ShallowBranch(f, config.shallow_channels, config.shallow_depth, config.shallow_grid, config.image_size,
+                          config.shallow_arch, config.shallow_grey)
+            for f in (config.shallow_factors if config.shallow else ())
+        ]
+        self.shallow_branches = nn.ModuleList(branches)
+        in_dim = self.deep_dim + sum(b.out_dim for b in branches)
         self.projection = nn.Linear(in_dim, config.embedding_dim)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
@@ -276,7 +248,8 @@ class VisNet(nn.Module):
             if key.startswith("deep."):
                 sub = key[len("deep."):]
                 module_prefix = sub.rsplit(".", 1)[0]
-                if include_deep or sub in trained_deep or any(t.rsplit(".", 1)[0] == module_prefix for t in trained_deep):
+                in_trained_module = any(t.rsplit(".", 1)[0] == module_prefix for t in trained_deep)
+                if include_deep or sub in trained_deep or in_trained_module:
                     keep[key] = value
             else:
                 keep[key] = value
@@ -290,25 +263,3 @@ class VisNet(nn.Module):
         bad_missing = [k for k in missing if not k.startswith("deep.")]
         if bad_missing or unexpected:
             raise ValueError(f"weights do not fit VisNet: missing {bad_missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.2,
-                 reduction: str = "mean") -> torch.Tensor:
-    """max(0, m + ||a - p||^2 - ||a - n||^2) per triplet (squared Euclidean distances)."""
-    d_pos = (anchor - positive).pow(2).sum(dim=1)
-    d_neg = (anchor - negative).pow(2).sum(dim=1)
-    loss = F.relu(margin + d_pos - d_neg)
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
-
-
-class TripletLoss(nn.Module):
-    def __init__(self, margin: float = 0.2):
-        super().__init__()
-        self.margin = margin
-
-    def forward(self, anchor, positive, negative):
-        return triplet_loss(anchor, positive, negative, self.margin)

@@ -81,7 +81,7 @@ class SyntheticBenchmark:
         noise = rng.normal(0, 25, size=(size // 8, size // 8, 3))
         bg = np.clip(base + np.kron(noise, np.ones((8, 8, 1))), 0, 255).astype(np.uint8)
         photo = Image.fromarray(bg)
-        mask = Image.fromarray(self.shop_pixels[shop_index]).resize((x1 - x0, y1 - y0), Image.BILINEAR)
+        mask = Image.fromarray(self.shop_pixels[shop_index]).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
         colour = tuple(int(c) for c in rng.integers(0, 255, size=3))
         shade = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
         item = np.clip(np.array(colour, dtype=np.float32) * (0.5 + 0.5 * shade), 0, 255).astype(np.uint8)
@@ -92,7 +92,8 @@ class SyntheticBenchmark:
         photo = self.street_photo(item.photo_index)
         x0, y0, x1, y1 = item.box
         dx, dy = (x1 - x0) * context, (y1 - y0) * context
-        box = (max(0, int(x0 - dx)), max(0, int(y0 - dy)), min(photo.width, int(x1 + dx)), min(photo.height, int(y1 + dy)))
+        box = (max(0, int(x0 - dx)), max(0, int(y0 - dy)),
+               min(photo.width, int(x1 + dx)), min(photo.height, int(y1 + dy)))
         return photo.crop(box)
 
     def queries(self, split: str) -> list[StreetItem]:

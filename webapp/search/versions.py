@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ml.artifacts import ArtifactInvalid, read_artifact
+from ml.artifacts import ArtifactInvalid, imagenet_version_name, read_artifact
 from webapp.search import registry
 from webapp.search.models import ModelVersion
 
@@ -23,10 +23,6 @@ logger = logging.getLogger(__name__)
 State = ModelVersion.State
 
 __all__ = ["ArtifactInvalid", "default_version_ensure", "imagenet_version_name", "model_version_register"]
-
-
-def imagenet_version_name(backbone: str, image_size: int) -> str:
-    return f"imagenet-{backbone}-{int(image_size)}"
 
 
 def _visnet_defaults(artifact_dir: str | Path) -> tuple[str, dict]:
