@@ -54,12 +54,13 @@ class Artifact:
         """The architecture and preprocessing it was trained with (config.json's "model" section)."""
         section = self.config.get("model")
         if not isinstance(section, dict):
-            raise ArtifactInvalid(f"{self.path / CONFIG} has no \"model\" section")
+            raise ArtifactInvalid(f'{self.path / CONFIG} has no "model" section')
         try:
             return VisNetConfig.from_dict(section)
         except (TypeError, ValueError) as exc:
-            raise ArtifactInvalid(f"{self.path / CONFIG}: the \"model\" section does not describe a VisNet: "
-                                  f"{exc}") from exc
+            raise ArtifactInvalid(
+                f'{self.path / CONFIG}: the "model" section does not describe a VisNet: {exc}'
+            ) from exc
 
     @property
     def embedding_dim(self) -> int:
@@ -154,9 +155,16 @@ def load_weights(artifact: Artifact | str | Path) -> dict[str, torch.Tensor]:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write_artifact(directory: str | Path, *, model_version: str | None = None, config: Mapping,
-                   metrics: Mapping, data_hash: str, weights_state: Mapping[str, torch.Tensor],
-                   history: Sequence[Mapping] | None = None) -> Artifact:
+def write_artifact(
+    directory: str | Path,
+    *,
+    model_version: str | None = None,
+    config: Mapping,
+    metrics: Mapping,
+    data_hash: str,
+    weights_state: Mapping[str, torch.Tensor],
+    history: Sequence[Mapping] | None = None,
+) -> Artifact:
     """Write an artifact directory and return it as read back.
 
     model_version None: named by model_version_name from config["model"] and the written weights file. The name

@@ -116,8 +116,14 @@ class CNNScorer(Scorer):
 
     name = "cnn"
 
-    def __init__(self, backbone: str = "efficientnet_lite0", image_size: int = 128, device: str = "auto",
-                 batch_size: int = 64, embedder=None):
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        image_size: int = 128,
+        device: str = "auto",
+        batch_size: int = 64,
+        embedder=None,
+    ):
         self.backbone, self.image_size, self.device, self.batch_size = backbone, image_size, device, batch_size
         self._embedder = embedder
 
@@ -126,8 +132,9 @@ class CNNScorer(Scorer):
         if self._embedder is None:
             from ml.inference.embedder import Embedder
 
-            self._embedder = Embedder(self.backbone, device=self.device, image_size=self.image_size,
-                                      batch_size=self.batch_size)
+            self._embedder = Embedder(
+                self.backbone, device=self.device, image_size=self.image_size, batch_size=self.batch_size
+            )
         return self._embedder
 
     def features(self, images):

@@ -6,7 +6,7 @@ import torch
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or empty): the GPU when there is one, else the CPU; anything else is passed to torch.device."""
+    """ "auto" (or empty): the GPU when there is one, else the CPU; anything else is passed to torch.device."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

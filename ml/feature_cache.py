@@ -72,9 +72,19 @@ class DeepFeatureCache:
 
     FORMAT = 2  # part of the key: bump when the stored arrays change meaning
 
-    def __init__(self, model: VisNet, bench: Any, resolver: RefResolver, cache_dir: str | Path | None,
-                 device: torch.device, batch_size: int = 128, progress: bool = True, cpu_bf16: bool = False,
-                 keep_images: bool = False, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        model: VisNet,
+        bench: Any,
+        resolver: RefResolver,
+        cache_dir: str | Path | None,
+        device: torch.device,
+        batch_size: int = 128,
+        progress: bool = True,
+        cpu_bf16: bool = False,
+        keep_images: bool = False,
+        workers: int | None = None,
+    ) -> None:
         self.cpu_bf16, self.keep_images = cpu_bf16, keep_images
         self.extractor = copy.deepcopy(model).eval()
         for parameter in self.extractor.parameters():
@@ -87,9 +97,22 @@ class DeepFeatureCache:
         factors = cfg.shallow_factors
         self.small_size = max(8, cfg.image_size // min(factors)) if factors else cfg.image_size // 4
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        ident = json.dumps([bench.data_hash, cfg.backbone, cfg.image_size, cfg.deep_size, list(cfg.mean),
-                            list(cfg.std), self.small_size, resolver.context, self.FORMAT, cpu_bf16]
-                           + (["images"] if keep_images else []), sort_keys=True)
+        ident = json.dumps(
+            [
+                bench.data_hash,
+                cfg.backbone,
+                cfg.image_size,
+                cfg.deep_size,
+                list(cfg.mean),
+                list(cfg.std),
+                self.small_size,
+                resolver.context,
+                self.FORMAT,
+                cpu_bf16,
+            ]
+            + (["images"] if keep_images else []),
+            sort_keys=True,
+        )
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:12]
         self.rows: dict[str, int] = {}
         self.deep_chunks: list[np.ndarray] = []
@@ -112,8 +135,9 @@ class DeepFeatureCache:
             if item.photo_index not in photo_cache:
                 photo_cache = {item.photo_index: self.bench.street_photo(item.photo_index)}
             try:
-                out.append(self.bench.street_crop(item, context=self.resolver.context,
-                                                  photo=photo_cache[item.photo_index]))
+                out.append(
+                    self.bench.street_crop(item, context=self.resolver.context, photo=photo_cache[item.photo_index])
+                )
             except TypeError:
                 out.append(self.bench.street_crop(item, context=self.resolver.context))
         return out
@@ -134,8 +158,7 @@ class DeepFeatureCache:
     @torch.inference_mode()
     def _compute(self, refs: list[str], desc: str) -> dict[str, np.ndarray]:
         deep, small, images = [], [], []
-        bar = tqdm(total=len(refs), desc=f"deep features {desc}", unit="img", disable=not self.progress,
-                   mininterval=2)
+        bar = tqdm(total=len(refs), desc=f"deep features {desc}", unit="img", disable=not self.progress, mininterval=2)
         for array in self._image_batches(refs):
             chw = torch.from_numpy(array).permute(0, 3, 1, 2)
             batch = chw.to(self.device).float().div_(255.0)
@@ -230,10 +253,11 @@ class EmbeddingCache:
 
     def _embed_missing(self, kind: str, missing: list[int], load_images: Callable[[list[int]], list]) -> None:
         known, path = self._known(kind), self._path(kind)
-        bar = tqdm(total=len(missing), desc=f"{self.method} {kind}", unit="img", file=sys.stderr,
-                   disable=not self.progress)
+        bar = tqdm(
+            total=len(missing), desc=f"{self.method} {kind}", unit="img", file=sys.stderr, disable=not self.progress
+        )
         for start in range(0, len(missing), self.batch):
-            chunk = missing[start:start + self.batch]
+            chunk = missing[start : start + self.batch]
             images = load_images(chunk)
             started = time.perf_counter()
             vectors = np.asarray(self.embedder.embed(images), dtype=np.float32)
@@ -263,8 +287,11 @@ class EmbeddingCache:
 
     def street(self, item_indices: Sequence[int] | np.ndarray) -> np.ndarray:
         items = self.benchmark.items
-        return self._get(f"street-ctx{self.context:g}", np.asarray(item_indices),
-                         lambda ids: self.benchmark.street_crops([items[i] for i in ids], context=self.context))
+        return self._get(
+            f"street-ctx{self.context:g}",
+            np.asarray(item_indices),
+            lambda ids: self.benchmark.street_crops([items[i] for i in ids], context=self.context),
+        )
 
     @property
     def ms_per_image(self) -> float:

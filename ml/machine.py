@@ -37,5 +37,12 @@ def _memory_gib() -> float | None:
 def describe_machine() -> dict:
     """cpu (model name), cores, memory_gib, gpu (name or "none"), torch, python and torch_threads."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(), "torch": torch.__version__,
-            "gpu": gpu, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "torch": torch.__version__,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }

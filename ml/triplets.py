@@ -99,8 +99,9 @@ def _topk_rows(sim: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def shop_features_for(bench, indices: Sequence[int] | np.ndarray, scorer=None,
-                      precomputed: dict | None = None) -> np.ndarray:
+def shop_features_for(
+    bench, indices: Sequence[int] | np.ndarray, scorer=None, precomputed: dict | None = None
+) -> np.ndarray:
     """BISS ensemble features for shop indices (computed with `scorer`, default: cheap scorers, no CNN)."""
     from ml.biss import default_ensemble
 
@@ -131,8 +132,9 @@ def mine_catalog_triplets(
 
     `features` ([len(pool_ids), D], L2-normalised rows aligned with `pool`) skips computing BISS features."""
     rng = np.random.default_rng(seed)
-    pool_ids = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split),
-                          dtype=np.int64)
+    pool_ids = np.asarray(
+        pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split), dtype=np.int64
+    )
     if features is None:
         features = shop_features_for(bench, pool_ids, scorer)
     labels = np.asarray(bench.shop_labels)[pool_ids]
@@ -158,7 +160,7 @@ def mine_catalog_triplets(
             far = order[row, far_start:n_valid]
             if len(far) == 0:
                 continue
-            pos_choice = near[: positives_per_anchor]
+            pos_choice = near[:positives_per_anchor]
             for p in pos_choice:
                 p_global = members[p]
                 negs = []
@@ -168,12 +170,18 @@ def mine_catalog_triplets(
                     for n in rng.choice(others, min(out_of_class_negatives, len(others)), replace=False):
                         negs.append((n, float(features[a] @ features[n]), "out_of_class"))
                 for n_global, n_score, n_kind in negs:
-                    triplets.append(MinedTriplet(
-                        anchor=shop_ref(bench, pool_ids[a]), positive=shop_ref(bench, pool_ids[p_global]),
-                        negative=shop_ref(bench, pool_ids[n_global]), kind="catalog",
-                        source=f"{source}:near-vs-{n_kind}",
-                        positive_score=float(sim[row, p]), negative_score=n_score, negative_kind=n_kind,
-                    ))
+                    triplets.append(
+                        MinedTriplet(
+                            anchor=shop_ref(bench, pool_ids[a]),
+                            positive=shop_ref(bench, pool_ids[p_global]),
+                            negative=shop_ref(bench, pool_ids[n_global]),
+                            kind="catalog",
+                            source=f"{source}:near-vs-{n_kind}",
+                            positive_score=float(sim[row, p]),
+                            negative_score=n_score,
+                            negative_kind=n_kind,
+                        )
+                    )
     return triplets
 
 
@@ -198,8 +206,9 @@ def mine_street_triplets(
     if queries is None:
         queries = [i for i, item in enumerate(bench.items) if item.split == split]
     query_list = list(queries)
-    pool_ids = np.asarray(pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split),
-                          dtype=np.int64)
+    pool_ids = np.asarray(
+        pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split), dtype=np.int64
+    )
     pos_in_pool = {int(s): j for j, s in enumerate(pool_ids)}
     missing = [q for q in query_list if int(bench.items[q].shop_index) not in pos_in_pool]
     if missing:
@@ -222,27 +231,40 @@ def mine_street_triplets(
                 q = query_list[q_row]
                 p = positives[q_row]
                 cand = near[r][np.isfinite(sim[r, near[r]])]
-                picks = cand[: hard_negatives] if hard_negatives <= len(cand) else cand
+                picks = cand[:hard_negatives] if hard_negatives <= len(cand) else cand
                 if len(cand) > hard_negatives:
                     # always the hardest one, the rest sampled from the top-k band
-                    rest = (rng.choice(cand[1:], hard_negatives - 1, replace=False) if hard_negatives > 1
-                            else np.zeros(0))
+                    rest = (
+                        rng.choice(cand[1:], hard_negatives - 1, replace=False) if hard_negatives > 1 else np.zeros(0)
+                    )
                     picks = np.concatenate([cand[:1], np.asarray(rest, dtype=np.int64)])
                 for n in picks:
-                    triplets.append(MinedTriplet(
-                        anchor=street_ref(bench, q), positive=shop_ref(bench, pool_ids[p]),
-                        negative=shop_ref(bench, pool_ids[members[n]]), kind="street",
-                        source=f"{source}:nn-of-positive", positive_score=1.0,
-                        negative_score=float(sim[r, n]), negative_kind="in_class",
-                    ))
+                    triplets.append(
+                        MinedTriplet(
+                            anchor=street_ref(bench, q),
+                            positive=shop_ref(bench, pool_ids[p]),
+                            negative=shop_ref(bench, pool_ids[members[n]]),
+                            kind="street",
+                            source=f"{source}:nn-of-positive",
+                            positive_score=1.0,
+                            negative_score=float(sim[r, n]),
+                            negative_kind="in_class",
+                        )
+                    )
                 if len(others):
                     for n in rng.choice(others, min(out_of_class_negatives, len(others)), replace=False):
-                        triplets.append(MinedTriplet(
-                            anchor=street_ref(bench, q), positive=shop_ref(bench, pool_ids[p]),
-                            negative=shop_ref(bench, pool_ids[n]), kind="street", source="random:out-of-class",
-                            positive_score=1.0, negative_score=float(features[p] @ features[n]),
-                            negative_kind="out_of_class",
-                        ))
+                        triplets.append(
+                            MinedTriplet(
+                                anchor=street_ref(bench, q),
+                                positive=shop_ref(bench, pool_ids[p]),
+                                negative=shop_ref(bench, pool_ids[n]),
+                                kind="street",
+                                source="random:out-of-class",
+                                positive_score=1.0,
+                                negative_score=float(features[p] @ features[n]),
+                                negative_kind="out_of_class",
+                            )
+                        )
     return triplets
 
 

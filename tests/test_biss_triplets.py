@@ -47,8 +47,11 @@ def _colourful(bench, n):
     return out
 
 
-@pytest.mark.parametrize("scorer", [ColourHistogramScorer(), PixelScorer(), EdgeOrientationScorer(),
-                                    CNNScorer(image_size=64)], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "scorer",
+    [ColourHistogramScorer(), PixelScorer(), EdgeOrientationScorer(), CNNScorer(image_size=64)],
+    ids=lambda s: s.name,
+)
 def test_scorer_ranks_altered_copy_first(bench, scorer):
     items = _colourful(bench, 12)
     gallery = scorer.features(items)
@@ -66,8 +69,12 @@ def test_ensemble_and_rank_fusion(bench):
     q = ens.features([_altered(items[i]) for i in range(3)])
     assert np.allclose(np.linalg.norm(g, axis=1), 1, atol=1e-4)
     assert (ens.similarity(q, g).argmax(axis=1) == np.arange(3)).all()
-    fused = rank_fuse([PixelScorer().similarity(PixelScorer().features(items[:3]), PixelScorer().features(items)),
-                       ens.similarity(q, g)])
+    fused = rank_fuse(
+        [
+            PixelScorer().similarity(PixelScorer().features(items[:3]), PixelScorer().features(items)),
+            ens.similarity(q, g),
+        ]
+    )
     assert fused.shape == (3, 10) and (fused.argmax(axis=1) == np.arange(3)).all()
     assert len(default_ensemble(cnn=False).scorers) == 3
 
@@ -117,6 +124,19 @@ def test_jsonl_round_trip_and_approved_filter(tmp_path, bench):
     assert back == triplets and triplets_hash(back) == triplets_hash(triplets)
     approved = load_triplets(path, approved_only=True)
     assert [t.anchor for t in approved] == [triplets[0].anchor, triplets[2].anchor]
-    assert all(isinstance(MinedTriplet.from_dict({"anchor": "shop:a", "positive": "shop:b", "negative": "shop:c",
-                                                  "kind": "catalog", "source": "x", "extra": 1}), MinedTriplet)
-               for _ in range(1))
+    assert all(
+        isinstance(
+            MinedTriplet.from_dict(
+                {
+                    "anchor": "shop:a",
+                    "positive": "shop:b",
+                    "negative": "shop:c",
+                    "kind": "catalog",
+                    "source": "x",
+                    "extra": 1,
+                }
+            ),
+            MinedTriplet,
+        )
+        for _ in range(1)
+    )

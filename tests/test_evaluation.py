@@ -60,7 +60,11 @@ def test_training_validation_counts_ties_like_the_evaluation_report():
     assert recall_at_k(queries, gallery, targets, ks=(1, 2)) == {1: pytest.approx(2 / 3), 2: 1.0}
     constant = np.ones((4, 2), dtype=np.float32) / np.sqrt(2)
     assert recall_summary(constant[:2], constant, [0, 1], ks=(1, 4)) == {
-        "recall@1": 0.0, "recall@4": 1.0, "median_rank": 4.0, "queries": 2}
+        "recall@1": 0.0,
+        "recall@4": 1.0,
+        "median_rank": 4.0,
+        "queries": 2,
+    }
 
 
 def test_chunked_ranks_match_brute_force():
@@ -123,9 +127,21 @@ def evaluation(tmp_path_factory):
     from ml.evaluation.evaluate import main
 
     tmp = tmp_path_factory.mktemp("evaluation")
-    argv = ["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
-            "--visnet", str(tmp / "missing-artifacts"), "--out", str(tmp / "evaluation.md"),
-            "--plot", str(tmp / "recall.png")]
+    argv = [
+        "--size",
+        "tiny",
+        "--root",
+        str(tmp / "tiny-seed0"),
+        "--image-size",
+        "64",
+        "--quiet",
+        "--visnet",
+        str(tmp / "missing-artifacts"),
+        "--out",
+        str(tmp / "evaluation.md"),
+        "--plot",
+        str(tmp / "recall.png"),
+    ]
     return tmp, main(argv)
 
 
@@ -173,10 +189,25 @@ def test_features_are_cached(evaluation):
     tmp, first = evaluation
     from ml.evaluation.evaluate import main
 
-    second = main(["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
-                   "--methods", "pixels", "imagenet", "--no-study", "--out", ""])
+    second = main(
+        [
+            "--size",
+            "tiny",
+            "--root",
+            str(tmp / "tiny-seed0"),
+            "--image-size",
+            "64",
+            "--quiet",
+            "--methods",
+            "pixels",
+            "imagenet",
+            "--no-study",
+            "--out",
+            "",
+        ]
+    )
     rows = {row["method"]: row for row in second["rows"]}
-    assert rows["imagenet"]["recall"] == {k: v for k, v in first["rows"][2]["recall"].items()}
+    assert rows["imagenet"]["recall"] == dict(first["rows"][2]["recall"].items())
     assert np.isnan(rows["imagenet"]["ms_per_image"])  # nothing was embedded again
     assert any(p.name.startswith("imagenet__") for p in (tmp / "tiny-seed0" / "features").iterdir())
 
@@ -207,9 +238,26 @@ def test_evaluate_scores_the_committed_tiny_visnet_artifact(evaluation):
     from ml.evaluation.evaluate import main
 
     tmp, _ = evaluation
-    result = main(["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet",
-                   "--methods", "visnet", "--visnet", str(TINY_VISNET), "--no-study",
-                   "--out", str(tmp / "visnet.md"), "--plot", str(tmp / "visnet.png")])
+    result = main(
+        [
+            "--size",
+            "tiny",
+            "--root",
+            str(tmp / "tiny-seed0"),
+            "--image-size",
+            "64",
+            "--quiet",
+            "--methods",
+            "visnet",
+            "--visnet",
+            str(TINY_VISNET),
+            "--no-study",
+            "--out",
+            str(tmp / "visnet.md"),
+            "--plot",
+            str(tmp / "visnet.png"),
+        ]
+    )
     (row,) = result["rows"]
     artifact = read_artifact(TINY_VISNET)
     assert row["title"] == "VisNet (deep branch frozen)" and "note" not in row

@@ -27,8 +27,14 @@ def _write(tmp_path: Path, **kwargs):
     config = {"model": VisNetConfig(embedding_dim=32).to_dict(), "train": {"epochs": 1}}
     metrics = {"epochs": [{"epoch": 1, "loss": 0.5, "val": {"recall@1": 0.1, "recall@5": 0.3, "recall@20": 0.6}}]}
     state = {"projection.weight": torch.ones(32, 8, dtype=torch.float16), "projection.bias": torch.zeros(32)}
-    args = {"config": config, "metrics": metrics, "data_hash": "benchmark abc\ntriplets def", "weights_state": state,
-            "history": metrics["epochs"], **kwargs}
+    args = {
+        "config": config,
+        "metrics": metrics,
+        "data_hash": "benchmark abc\ntriplets def",
+        "weights_state": state,
+        "history": metrics["epochs"],
+        **kwargs,
+    }
     return write_artifact(tmp_path / "artifact", **args)
 
 
@@ -77,11 +83,18 @@ def _break(out: Path, how: str) -> None:
         (out / "model_version").write_text("visnet-something-else\n")
 
 
-@pytest.mark.parametrize("how, message", [
-    ("no directory", "is not a directory"), ("no weights", "lacks weights.pt"), ("config not JSON", "does not parse"),
-    ("metrics a list", "is not a JSON object"), ("empty model_version", "has no model_version"),
-    ("long model_version", "longer than 120"), ("model_version files disagree", "says"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("no directory", "is not a directory"),
+        ("no weights", "lacks weights.pt"),
+        ("config not JSON", "does not parse"),
+        ("metrics a list", "is not a JSON object"),
+        ("empty model_version", "has no model_version"),
+        ("long model_version", "longer than 120"),
+        ("model_version files disagree", "says"),
+    ],
+)
 def test_read_artifact_refuses_a_broken_directory_with_a_message(tmp_path, how, message):
     _write(tmp_path)
     _break(tmp_path / "artifact", how)

@@ -40,19 +40,23 @@ def test_a_written_config_json_types_back_into_the_same_recipe():
     assert typed.train.epochs == 13 and typed.train.batch_size == 288 and typed.model == VisNetConfig()
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"train": {"epoch": 3}}, "unknown train setting"),
-    ({"model": {"shallow_chanels": 8}}, "unknown model setting"),
-    ({"trian": {}}, "unknown config section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train": {"epoch": 3}}, "unknown train setting"),
+        ({"model": {"shallow_chanels": 8}}, "unknown model setting"),
+        ({"trian": {}}, "unknown config section"),
+    ],
+)
 def test_a_misspelt_setting_is_an_error_not_ignored(override, message):
     with pytest.raises(ValueError, match=message):
         TrainingConfig.from_dict(load_config(CONFIGS / "visnet.yaml", override))
 
 
 def test_pairs_only_without_batch_negatives_is_refused():
-    config = TrainingConfig.from_dict(load_config(None, {"train": {"mined_negatives": False,
-                                                                   "batch_negatives": False}}))
+    config = TrainingConfig.from_dict(
+        load_config(None, {"train": {"mined_negatives": False, "batch_negatives": False}})
+    )
     with pytest.raises(ValueError, match="batch_negatives"):
         config.train.check()
 

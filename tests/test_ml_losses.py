@@ -42,8 +42,9 @@ def test_reducers_mean_active_and_hardest():
     assert float(TripletMarginLoss(2.5, "mean_active")(emb, indices)) == pytest.approx(1.1)
     assert float(TripletMarginLoss(2.5, "hardest")(emb, indices)) == pytest.approx(1.7)
     assert float(TripletMarginLoss(1.0, "mean")(emb, indices)) == pytest.approx((0 + 0.2) / 2)
-    assert float(batch_triplet_loss(emb[:1], emb[1:], torch.tensor([0]), torch.tensor([0, 1, 2]), 2.5)) == \
-        pytest.approx(1.1)
+    assert float(
+        batch_triplet_loss(emb[:1], emb[1:], torch.tensor([0]), torch.tensor([0, 1, 2]), 2.5)
+    ) == pytest.approx(1.1)
     with pytest.raises(ValueError, match="reducer"):
         TripletMarginLoss(0.2, "median")
 

@@ -57,7 +57,7 @@ def test_api_shapes_and_keys(tiny):
     for split in SPLITS:
         queries = tiny.queries(split)
         assert queries and all(q.split == split for q in queries)
-        assert set(q.shop_index for q in queries) <= set(tiny.gallery_indices(split).tolist())
+        assert {q.shop_index for q in queries} <= set(tiny.gallery_indices(split).tolist())
     assert len(tiny.gallery_indices("test", scope="all")) == 70_000
 
 
@@ -103,9 +103,9 @@ def test_boxes_inside_photo_and_hold_their_item(tiny):
         assert crop.size == (x1 - x0, y1 - y0)
         photo = np.asarray(tiny.street_photo(item.photo_index), dtype=np.float32)
         ring = np.ones(photo.shape[:2], dtype=bool)
-        ring[max(0, y0 - 6):y1 + 6, max(0, x0 - 6):x1 + 6] = False
-        ring[:max(0, y0 - 14)] = ring[y1 + 14:] = False
-        ring[:, :max(0, x0 - 14)] = ring[:, x1 + 14:] = False
+        ring[max(0, y0 - 6) : y1 + 6, max(0, x0 - 6) : x1 + 6] = False
+        ring[: max(0, y0 - 14)] = ring[y1 + 14 :] = False
+        ring[:, : max(0, x0 - 14)] = ring[:, x1 + 14 :] = False
         background = np.median(photo[ring], axis=0)
         departure = np.linalg.norm(np.asarray(crop, dtype=np.float32) - background, axis=2)
         departure = np.asarray(Image.fromarray(departure).resize((28, 28), Image.Resampling.BILINEAR)).ravel()
@@ -138,7 +138,7 @@ def test_extra_train_items_leave_val_and_test_unchanged(monkeypatch):
     monkeypatch.setitem(street2shop.SIZES, "tiny", {**street2shop.SIZES["tiny"], "train_extra": 100})
     extended = street2shop._plan("tiny", 0, 70_000)
     assert extended["photos"][: len(base["photos"])] == base["photos"]
-    added = extended["photos"][len(base["photos"]):]
+    added = extended["photos"][len(base["photos"]) :]
     assert {split for split, _ in added} == {"train"}
     extra_items = [i for _, shops in added for i in shops]
     assert len(extra_items) == 100 and set(extra_items) <= set(base["galleries"]["train"].tolist())

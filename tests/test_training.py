@@ -17,11 +17,14 @@ def trained(tmp_path_factory):
     from ml.training.synthetic import SyntheticBenchmark
 
     tmp = tmp_path_factory.mktemp("visnet")
-    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
-        "data": {"cache_dir": str(tmp / "cache")},
-        "model": {"image_size": 32, "deep_size": 32},
-        "train": {"epochs": 2, "threads": 2},
-    })
+    config = load_config(
+        ROOT / "configs" / "visnet_tiny.yaml",
+        {
+            "data": {"cache_dir": str(tmp / "cache")},
+            "model": {"image_size": 32, "deep_size": 32},
+            "train": {"epochs": 2, "threads": 2},
+        },
+    )
     bench = SyntheticBenchmark(n_shop=120, seed=0, queries_per_split={"train": 1.0, "val": 0.5, "test": 0.5})
     result = train(config, tmp / "artifact", bench=bench, progress=False)
     return result, bench, tmp
@@ -53,8 +56,9 @@ def test_embedder_reproduces_training_embeddings(trained):
     ev = result["val_eval"]
     refs = ev.gallery_refs[:4] + ev.query_refs[:4]
     expected = embed_refs(result["model"], result["cache"], refs, torch.device("cpu")).numpy()
-    images = ([bench.shop_image(int(i)) for i in ev.gallery[:4]]
-              + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:4]])
+    images = [bench.shop_image(int(i)) for i in ev.gallery[:4]] + [
+        bench.street_crop(bench.items[q]) for q in ev.query_idx[:4]
+    ]
     got = embedder.embed(images)
     assert got.shape == (8, 64) and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-4)
@@ -73,11 +77,17 @@ def test_approved_only_triplets_train(trained, tmp_path):
         t.status = "approved" if i % 2 == 0 else "pending"
     path = save_triplets(rows, tmp_path / "reviewed.jsonl")
     approved = load_triplets(path, approved_only=True)
-    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
-        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
-        "model": {"image_size": 32, "deep_size": 32}, "train": {"epochs": 1, "threads": 2}})
-    out = train(config, tmp_path / "approved", bench=bench, triplets=approved, triplets_source="approved",
-                progress=False)
+    config = load_config(
+        ROOT / "configs" / "visnet_tiny.yaml",
+        {
+            "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+            "model": {"image_size": 32, "deep_size": 32},
+            "train": {"epochs": 1, "threads": 2},
+        },
+    )
+    out = train(
+        config, tmp_path / "approved", bench=bench, triplets=approved, triplets_source="approved", progress=False
+    )
     saved = json.loads((out["out_dir"] / "config.json").read_text())
     assert saved["triplets"]["count"] == 20 and saved["triplets"]["source"] == "approved"
 
@@ -86,13 +96,17 @@ def test_ml_inference_does_not_import_training_and_models_do_not_import_inferenc
     import subprocess
     import sys
 
-    code = ("import sys, ml.inference.visnet, ml.models.visnet; "
-            "bad=[m for m in sys.modules if m.startswith('ml.training') or m.startswith('django')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, ml.inference.visnet, ml.models.visnet; "
+        "bad=[m for m in sys.modules if m.startswith('ml.training') or m.startswith('django')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-    code = ("import sys, ml.models.visnet, ml.models.backbones; "
-            "bad=[m for m in sys.modules if m.startswith(('ml.inference', 'ml.training', 'ml.evaluation'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, ml.models.visnet, ml.models.backbones; "
+        "bad=[m for m in sys.modules if m.startswith(('ml.inference', 'ml.training', 'ml.evaluation'))]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -103,9 +117,14 @@ def test_validation_recall_after_a_tiny_run_beats_the_untrained_starting_model(t
     from ml.training.loop import seed_everything, train
     from ml.training.synthetic import SyntheticBenchmark
 
-    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
-        "data": {"cache_dir": str(tmp_path / "cache"), "test_eval": False},
-        "model": {"image_size": 32, "deep_size": 32}, "train": {"epochs": 3, "threads": 2}})
+    config = load_config(
+        ROOT / "configs" / "visnet_tiny.yaml",
+        {
+            "data": {"cache_dir": str(tmp_path / "cache"), "test_eval": False},
+            "model": {"image_size": 32, "deep_size": 32},
+            "train": {"epochs": 3, "threads": 2},
+        },
+    )
     bench = SyntheticBenchmark(n_shop=200, seed=0, queries_per_split={"train": 1.0, "val": 1.0, "test": 0.1})
     out = train(config, tmp_path / "artifact", bench=bench, progress=False)
     seed_everything(int(config["train"]["seed"]))  # as training seeds before it builds the model
@@ -124,11 +143,20 @@ def test_pairs_only_training_trains_each_anchor_positive_pair_once(trained, tmp_
     street = [t for t in result["triplets"] if t.kind == "street"]
     pairs = {(t.anchor, t.positive) for t in street}
     assert len(pairs) < len(street)  # several mined negatives per pair
-    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
-        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
-        "model": {"image_size": 32, "deep_size": 32},
-        "train": {"epochs": 1, "threads": 2, "curriculum_epochs": 0, "mined_negatives": False,
-                  "mix": {"street": 1.0, "catalog": 0.0}}})
+    config = load_config(
+        ROOT / "configs" / "visnet_tiny.yaml",
+        {
+            "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+            "model": {"image_size": 32, "deep_size": 32},
+            "train": {
+                "epochs": 1,
+                "threads": 2,
+                "curriculum_epochs": 0,
+                "mined_negatives": False,
+                "mix": {"street": 1.0, "catalog": 0.0},
+            },
+        },
+    )
     out = train(config, tmp_path / "pairs", bench=bench, triplets=street, progress=False)
     epoch = out["metrics"]["epochs"][0]
     assert epoch["triplets"] == len(pairs) and np.isfinite(epoch["loss"]) and epoch["loss"] > 0
@@ -161,10 +189,14 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
     from ml.training.validation import embed_refs
 
     frozen, bench, tmp = trained
-    config = load_config(ROOT / "configs" / "visnet_tiny.yaml", {
-        "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
-        "model": {"image_size": 32, "deep_size": 32},
-        "train": {"epochs": 1, "threads": 2, "train_last_blocks": 1, "deep_lr_scale": 0.5}})
+    config = load_config(
+        ROOT / "configs" / "visnet_tiny.yaml",
+        {
+            "data": {"cache_dir": str(tmp / "cache"), "test_eval": False},
+            "model": {"image_size": 32, "deep_size": 32},
+            "train": {"epochs": 1, "threads": 2, "train_last_blocks": 1, "deep_lr_scale": 0.5},
+        },
+    )
     out = train(config, tmp_path / "online", bench=bench, progress=False)
     saved = json.loads((out["out_dir"] / "config.json").read_text())
     assert saved["train"]["train_last_blocks"] == 1 and saved["train"]["deep_lr"] == 0.0015
@@ -173,7 +205,7 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
     last = len(out["model"].deep.blocks) - 1
     assert any(k.startswith(f"deep.blocks.{last}.") for k in state)
     assert any(k.startswith("deep.conv_head.") for k in state)
-    assert not any(k.startswith("deep.blocks.0.") or k.startswith("deep.conv_stem.") for k in state)
+    assert not any(k.startswith(("deep.blocks.0.", "deep.conv_stem.")) for k in state)
     pretrained = VisNet(VisNetConfig.from_dict(saved["model"])).state_dict()
     key = next(k for k in state if k.startswith(f"deep.blocks.{last}.") and k.endswith("weight"))
     assert not torch.allclose(state[key].float(), pretrained[key], atol=1e-3)  # the block did learn
@@ -181,8 +213,9 @@ def test_trained_deep_blocks_are_saved_served_and_kept_out_of_the_feature_cache(
     ev = out["val_eval"]
     refs = ev.gallery_refs[:3] + ev.query_refs[:3]
     expected = embed_refs(out["model"], out["cache"], refs, torch.device("cpu")).numpy()
-    images = ([bench.shop_image(int(i)) for i in ev.gallery[:3]]
-              + [bench.street_crop(bench.items[q]) for q in ev.query_idx[:3]])
+    images = [bench.shop_image(int(i)) for i in ev.gallery[:3]] + [
+        bench.street_crop(bench.items[q]) for q in ev.query_idx[:3]
+    ]
     got = load_visnet_embedder(out["out_dir"], device="cpu").embed(images)
     assert np.abs(got - expected).max() < 2e-2
 
@@ -202,8 +235,17 @@ def test_feature_cache_loader_processes_give_the_same_rows(trained):
     model = VisNet(VisNetConfig.from_dict({**result["model"].config.to_dict()}))
     caches = []
     for workers in (1, 2):
-        cache = DeepFeatureCache(model, bench, RefResolver(bench, context=0.1), None, torch.device("cpu"), batch_size=4,
-                             progress=False, keep_images=True, workers=workers)
+        cache = DeepFeatureCache(
+            model,
+            bench,
+            RefResolver(bench, context=0.1),
+            None,
+            torch.device("cpu"),
+            batch_size=4,
+            progress=False,
+            keep_images=True,
+            workers=workers,
+        )
         cache.ensure(refs, "val")
         caches.append(cache)
     assert len(refs) > 8 * 4  # enough batches for the forked loaders

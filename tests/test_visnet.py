@@ -8,7 +8,8 @@ from PIL import Image
 from ml.models.visnet import VisNet, VisNetConfig, preprocess_image
 from ml.training.losses import triplet_loss
 
-SMALL = dict(image_size=64, deep_size=32, embedding_dim=32, shallow_channels=8)  # shallow: the default resnet/grey
+# The shallow branches keep their defaults (resnet, grey).
+SMALL = {"image_size": 64, "deep_size": 32, "embedding_dim": 32, "shallow_channels": 8}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_paper_shallow_branches_keep_their_grid():
 def test_preprocess_pads_to_square():
     img = Image.new("RGB", (40, 20), (10, 200, 30))
     t = preprocess_image(img, 32)
-    assert t.shape == (3, 32, 32) and 0 <= float(t.min()) and float(t.max()) <= 1
+    assert t.shape == (3, 32, 32) and float(t.min()) >= 0 and float(t.max()) <= 1
 
 
 def test_vgg16_needs_local_weights():
@@ -136,8 +137,7 @@ def test_batch_triplet_loss_uses_in_batch_negatives():
 
 
 def test_resnet_shallow_branches_keep_a_grid_and_train():
-    net = VisNet(VisNetConfig(**{**SMALL, "image_size": 128}, shallow_arch="resnet", shallow_grey=True,
-                              shallow_grid=4))
+    net = VisNet(VisNetConfig(**{**SMALL, "image_size": 128}, shallow_arch="resnet", shallow_grey=True, shallow_grid=4))
     four, eight = net.shallow_branches
     # 32 px: 8 -> 16 -> 32 -> 64 channels at 16/8/4 px; 16 px: 8 -> 16 -> 32 at 8/4 px
     assert (four.input_size, four.out_dim) == (32, 64 * 16) and (eight.input_size, eight.out_dim) == (16, 32 * 16)
@@ -182,7 +182,7 @@ def test_committed_artifacts_serve(name):
     item = Image.fromarray(255 - pixels[first]).convert("RGB")  # as the catalog shows it
     other_item = Image.fromarray(255 - pixels[other]).convert("RGB")
     vectors = embedder.embed([item, item.rotate(10, fillcolor="white"), other_item])
-    assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(axis=1).mean()) - 1) < 1e-4
+    assert vectors.shape == (3, embedder.dim) and abs(float((vectors**2).sum(axis=1).mean()) - 1) < 1e-4
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # a rotated view beats another garment
 
 

@@ -45,6 +45,7 @@ TITLES = {
 
 # -- embedding methods --------------------------------------------------------------------------------------
 
+
 class FunctionEmbedder:
     """A hand-made feature as an embedder: .embed(list[PIL]) -> float32 [N, dim] unit vectors."""
 
@@ -99,6 +100,7 @@ def make_embedder(method: str, args) -> tuple[object | None, str]:
 
 # -- dimension study ----------------------------------------------------------------------------------------
 
+
 def fit_pca(train: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     mean = train.mean(axis=0)
     _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
@@ -112,12 +114,18 @@ def _faiss_ranks(index, queries: np.ndarray, targets: np.ndarray, k: int = 50) -
     return np.where(hit.any(axis=1), hit.argmax(axis=1), k)
 
 
-def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray,
-                    dims=(512, 256, 128, 64)) -> list[dict]:
+def dimension_study(
+    train: np.ndarray, queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray, dims=(512, 256, 128, 64)
+) -> list[dict]:
     rows: list[dict] = []
     full_dim = gallery.shape[1]
-    rows.append({"variant": f"original {full_dim}-d float32", "bytes": 4 * full_dim,
-                 **recall_from_ranks(exact_item_ranks(queries, gallery, targets), KS)})
+    rows.append(
+        {
+            "variant": f"original {full_dim}-d float32",
+            "bytes": 4 * full_dim,
+            **recall_from_ranks(exact_item_ranks(queries, gallery, targets), KS),
+        }
+    )
     reduced_512 = None
     for dim in dims:
         if dim >= full_dim or dim > len(train):
@@ -127,8 +135,13 @@ def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray,
         g = l2_normalise((gallery - mean) @ basis)
         if reduced_512 is None:
             reduced_512 = (dim, q, g, l2_normalise((train - mean) @ basis))
-        rows.append({"variant": f"PCA {dim}-d float32", "bytes": 4 * dim,
-                     **recall_from_ranks(exact_item_ranks(q, g, targets), KS)})
+        rows.append(
+            {
+                "variant": f"PCA {dim}-d float32",
+                "bytes": 4 * dim,
+                **recall_from_ranks(exact_item_ranks(q, g, targets), KS),
+            }
+        )
     if reduced_512 is None:  # the embedding is already small: compress it as it is
         reduced_512 = (full_dim, queries, gallery, train)
     try:
@@ -141,16 +154,22 @@ def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray,
     sq = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     sq.train(np.ascontiguousarray(t))
     sq.add(np.ascontiguousarray(g))
-    rows.append({"variant": f"{source} + 8-bit scalar quantisation", "bytes": dim,
-                 **recall_from_ranks(_faiss_ranks(sq, q, targets), KS)})
+    rows.append(
+        {
+            "variant": f"{source} + 8-bit scalar quantisation",
+            "bytes": dim,
+            **recall_from_ranks(_faiss_ranks(sq, q, targets), KS),
+        }
+    )
     for m in (64, 32, 16):
         if dim % m or len(t) < 256:
             continue
         pq = faiss.IndexPQ(dim, m, 8, faiss.METRIC_INNER_PRODUCT)
         pq.train(np.ascontiguousarray(t))
         pq.add(np.ascontiguousarray(g))
-        rows.append({"variant": f"{source} + PQ {m}x8 bit", "bytes": m,
-                     **recall_from_ranks(_faiss_ranks(pq, q, targets), KS)})
+        rows.append(
+            {"variant": f"{source} + PQ {m}x8 bit", "bytes": m, **recall_from_ranks(_faiss_ranks(pq, q, targets), KS)}
+        )
     if len(t) < 256:
         rows.append({"variant": f"PQ skipped ({len(t)} training vectors < 256 centroids)"})
     return rows
@@ -160,14 +179,22 @@ def dimension_study(train: np.ndarray, queries: np.ndarray, gallery: np.ndarray,
 
 CONDITION_BINS = {
     # (label, metadata -> value, [(bin label, upper bound exclusive)])
-    "rotation (degrees, absolute)": (lambda item, photo: abs(item.get("rotation", 0.0)),
-                                     [("< 8", 8), ("8-16", 16), (">= 16", float("inf"))]),
-    "item side in the photo (px)": (lambda item, photo: item.get("side", 0),
-                                    [("< 70", 70), ("70-109", 110), (">= 110", float("inf"))]),
-    "occluded fraction": (lambda item, photo: item.get("occlusion", 0.0),
-                          [("none", 1e-9), ("< 15%", 0.15), (">= 15%", float("inf"))]),
-    "camera blur (sigma px)": (lambda item, photo: photo.get("blur", 0.0),
-                               [("none", 1e-9), ("< 1", 1.0), (">= 1", float("inf"))]),
+    "rotation (degrees, absolute)": (
+        lambda item, photo: abs(item.get("rotation", 0.0)),
+        [("< 8", 8), ("8-16", 16), (">= 16", float("inf"))],
+    ),
+    "item side in the photo (px)": (
+        lambda item, photo: item.get("side", 0),
+        [("< 70", 70), ("70-109", 110), (">= 110", float("inf"))],
+    ),
+    "occluded fraction": (
+        lambda item, photo: item.get("occlusion", 0.0),
+        [("none", 1e-9), ("< 15%", 0.15), (">= 15%", float("inf"))],
+    ),
+    "camera blur (sigma px)": (
+        lambda item, photo: photo.get("blur", 0.0),
+        [("none", 1e-9), ("< 1", 1.0), (">= 1", float("inf"))],
+    ),
 }
 
 
@@ -183,15 +210,22 @@ def condition_breakdown(benchmark, queries: np.ndarray, ranks: np.ndarray) -> li
 
     def add(group: str, label: str, mask: np.ndarray) -> None:
         if mask.any():
-            rows.append({"group": group, "value": label, "queries": int(mask.sum()),
-                         **{f"recall@{k}": float((ranks[mask] < k).mean()) for k in KS}})
+            rows.append(
+                {
+                    "group": group,
+                    "value": label,
+                    "queries": int(mask.sum()),
+                    **{f"recall@{k}": float((ranks[mask] < k).mean()) for k in KS},
+                }
+            )
 
     modes = np.array([m.get("mode", "?") for m in item_meta])
     for mode in ("grey", "tint", "pattern"):
         add("colour", mode, modes == mode)
     for group, (value_of, bins) in CONDITION_BINS.items():
-        values = np.array([value_of(item, photo) for item, photo in zip(item_meta, photo_meta, strict=True)],
-                          dtype=np.float64)
+        values = np.array(
+            [value_of(item, photo) for item, photo in zip(item_meta, photo_meta, strict=True)], dtype=np.float64
+        )
         lower = -np.inf
         for label, upper in bins:
             add(group, label, (values >= lower) & (values < upper))
@@ -203,13 +237,20 @@ def condition_breakdown(benchmark, queries: np.ndarray, ranks: np.ndarray) -> li
 
 
 def breakdown_lines(method_title: str, rows: list[dict]) -> list[str]:
-    lines = [f"## Where the misses are ({method_title})", "",
-             "Exact-item recall of the test street queries by how the item was rendered into the photo "
-             "(the benchmark records it per item) and by category.", "",
-             "| condition | value | queries | Recall@1 | Recall@5 | Recall@20 |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Where the misses are ({method_title})",
+        "",
+        "Exact-item recall of the test street queries by how the item was rendered into the photo "
+        "(the benchmark records it per item) and by category.",
+        "",
+        "| condition | value | queries | Recall@1 | Recall@5 | Recall@20 |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['group']} | {row['value']} | {row['queries']:,} | {_pct(row['recall@1'])} | "
-                     f"{_pct(row['recall@5'])} | {_pct(row['recall@20'])} |")
+        lines.append(
+            f"| {row['group']} | {row['value']} | {row['queries']:,} | {_pct(row['recall@1'])} | "
+            f"{_pct(row['recall@5'])} | {_pct(row['recall@20'])} |"
+        )
     return lines + [""]
 
 
@@ -222,16 +263,19 @@ def _ms(value: float) -> str:
 
 
 def results_table(rows: list[dict], gallery_size: int) -> list[str]:
-    header = ("| Method | dim | Recall@1 | Recall@5 | Recall@20 | gallery | P@10 (category) | mAP@R (category) "
-              "| ms/image |")
+    header = (
+        "| Method | dim | Recall@1 | Recall@5 | Recall@20 | gallery | P@10 (category) | mAP@R (category) | ms/image |"
+    )
     lines = [header, "|" + "---|" * 9]
     for row in rows:
         if row.get("note"):
             lines.append(f"| {row['title']} | - | {row['note']} | | | {gallery_size:,} | | | |")
             continue
-        lines.append(f"| {row['title']} | {row['dim']} | {_pct(row['recall'][1])} | {_pct(row['recall'][5])} | "
-                     f"{_pct(row['recall'][20])} | {gallery_size:,} | {_pct(row['category']['precision@10'])} | "
-                     f"{_pct(row['category']['map@r'])} | {_ms(row['ms_per_image'])} |")
+        lines.append(
+            f"| {row['title']} | {row['dim']} | {_pct(row['recall'][1])} | {_pct(row['recall'][5])} | "
+            f"{_pct(row['recall'][20])} | {gallery_size:,} | {_pct(row['category']['precision@10'])} | "
+            f"{_pct(row['category']['map@r'])} | {_ms(row['ms_per_image'])} |"
+        )
     return lines
 
 
@@ -294,8 +338,9 @@ class EvalSplit:
         return cls(benchmark, queries, gallery, targets, benchmark.gallery_indices("test"), fit_items, fit_shop)
 
 
-def score_method(args: argparse.Namespace, split: EvalSplit, method: str
-                 ) -> tuple[dict, EmbeddingCache | None, np.ndarray | None]:
+def score_method(
+    args: argparse.Namespace, split: EvalSplit, method: str
+) -> tuple[dict, EmbeddingCache | None, np.ndarray | None]:
     """(table row, its embedding cache, the queries' ranks); a row with a note and no cache when unavailable."""
     embedder, note = make_embedder(method, args)
     title = TITLES[method] + deep_branch_suffix(getattr(embedder, "artifact_dir", None))
@@ -303,24 +348,33 @@ def score_method(args: argparse.Namespace, split: EvalSplit, method: str
         print(f"{title}: {note}", file=sys.stderr)
         return {"method": method, "title": title, "note": note}, None, None
     benchmark = split.benchmark
-    cache = EmbeddingCache(benchmark, embedder, method, context=args.context, batch=args.batch_size * 4,
-                           progress=not args.quiet)
+    cache = EmbeddingCache(
+        benchmark, embedder, method, context=args.context, batch=args.batch_size * 4, progress=not args.quiet
+    )
     q = cache.street(split.queries)
     g = cache.shop(split.gallery)
     ranks = exact_item_ranks(q, g, split.targets)
     category = category_metrics(cache.shop(split.category_set), benchmark.shop_labels[split.category_set], k=10)
     recall = recall_from_ranks(ranks, KS)
-    row = {"method": method, "title": title, "dim": int(q.shape[1]),
-           "model_version": str(getattr(embedder, "model_version", method)),
-           "recall": recall, "curve": list(recall_from_ranks(ranks, CURVE_KS).values()),
-           "category": category, "ms_per_image": cache.ms_per_image}
-    print(f"{title}: R@1 {_pct(recall[1])}  R@5 {_pct(recall[5])}  R@20 {_pct(recall[20])}"
-          f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}", file=sys.stderr)
+    row = {
+        "method": method,
+        "title": title,
+        "dim": int(q.shape[1]),
+        "model_version": str(getattr(embedder, "model_version", method)),
+        "recall": recall,
+        "curve": list(recall_from_ranks(ranks, CURVE_KS).values()),
+        "category": category,
+        "ms_per_image": cache.ms_per_image,
+    }
+    print(
+        f"{title}: R@1 {_pct(recall[1])}  R@5 {_pct(recall[5])}  R@20 {_pct(recall[20])}"
+        f"  P@10 {_pct(category['precision@10'])}  mAP@R {_pct(category['map@r'])}",
+        file=sys.stderr,
+    )
     return row, cache, ranks
 
 
-def study_best(rows: list[dict], caches: dict[str, EmbeddingCache], split: EvalSplit
-               ) -> tuple[dict | None, list[dict]]:
+def study_best(rows: list[dict], caches: dict[str, EmbeddingCache], split: EvalSplit) -> tuple[dict | None, list[dict]]:
     """(the best learned method's row, its dimension study): Recall@1 first, then Recall@20."""
     learned = [r for r in rows if not r.get("note") and r["method"] not in ("pixels", "colour-histogram")]
     if not learned:
@@ -345,19 +399,33 @@ def evaluate(args: argparse.Namespace) -> dict:
             caches[method], method_ranks[method] = cache, ranks
     best, study = study_best(rows, caches, split) if not args.no_study else (None, [])
     breakdown_method = "visnet" if "visnet" in method_ranks else (best["method"] if best else None)
-    breakdown = (condition_breakdown(benchmark, split.queries, method_ranks[breakdown_method])
-                 if breakdown_method in method_ranks else [])
+    breakdown = (
+        condition_breakdown(benchmark, split.queries, method_ranks[breakdown_method])
+        if breakdown_method in method_ranks
+        else []
+    )
     result = {
         "training": training_summary(args.visnet) if "visnet" in args.methods else None,
         "breakdown_method": TITLES.get(breakdown_method) if breakdown and breakdown_method else None,
         "breakdown": breakdown,
         "command": "python -m ml.evaluation.evaluate " + " ".join(args.argv),
-        "benchmark": {"size": benchmark.size, "seed": benchmark.seed, "data_hash": benchmark.data_hash,
-                      "root": str(benchmark.root), "queries": int(len(split.queries)), "gallery": int(len(gallery)),
-                      "gallery_scope": args.gallery, "category_items": int(len(split.category_set)),
-                      "pca_fit_vectors": int(len(split.fit_items) + len(split.fit_shop))},
-        "settings": {"image_size": args.image_size, "backbone": args.backbone, "context": args.context,
-                     "device": args.device},
+        "benchmark": {
+            "size": benchmark.size,
+            "seed": benchmark.seed,
+            "data_hash": benchmark.data_hash,
+            "root": str(benchmark.root),
+            "queries": int(len(split.queries)),
+            "gallery": int(len(gallery)),
+            "gallery_scope": args.gallery,
+            "category_items": int(len(split.category_set)),
+            "pca_fit_vectors": int(len(split.fit_items) + len(split.fit_shop)),
+        },
+        "settings": {
+            "image_size": args.image_size,
+            "backbone": args.backbone,
+            "context": args.context,
+            "device": args.device,
+        },
         "machine": describe_machine(),
         "rows": rows,
         "study_method": best["title"] if best else None,
@@ -393,18 +461,28 @@ def training_summary(artifact_dir: str | Path | None) -> dict | None:
     except ArtifactInvalid:
         return None
     metrics, config, train_cfg = artifact.metrics, artifact.config, artifact.train_config
-    return {"artifact": str(Path(artifact_dir)), "model_version": artifact.model_version,
-            "device": metrics.get("device_name") or metrics.get("device"), "threads": metrics.get("torch_threads"),
-            "deep_blocks_trained": int(train_cfg.get("train_last_blocks") or 0), "deep_lr": train_cfg.get("deep_lr"),
-            "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None)
-            == "bfloat16",
-            "timings": metrics.get("timings", {}),
-            "triplets": config.get("triplets", {}),
-            "pairs_only": train_cfg.get("mined_negatives", True) is False,
-            "epochs": [{"epoch": e["epoch"], "loss": e["loss"], "triplets": e.get("triplets"),
-                        **{k: e["val"][k] for k in ("recall@1", "recall@5", "recall@20")}}
-                       for e in metrics.get("epochs", [])],
-            "val_gallery": (metrics.get("final", {}).get("val") or {}).get("gallery")}
+    return {
+        "artifact": str(Path(artifact_dir)),
+        "model_version": artifact.model_version,
+        "device": metrics.get("device_name") or metrics.get("device"),
+        "threads": metrics.get("torch_threads"),
+        "deep_blocks_trained": int(train_cfg.get("train_last_blocks") or 0),
+        "deep_lr": train_cfg.get("deep_lr"),
+        "bf16": train_cfg.get("autocast_dtype", "bfloat16" if train_cfg.get("cpu_bf16_used") else None) == "bfloat16",
+        "timings": metrics.get("timings", {}),
+        "triplets": config.get("triplets", {}),
+        "pairs_only": train_cfg.get("mined_negatives", True) is False,
+        "epochs": [
+            {
+                "epoch": e["epoch"],
+                "loss": e["loss"],
+                "triplets": e.get("triplets"),
+                **{k: e["val"][k] for k in ("recall@1", "recall@5", "recall@20")},
+            }
+            for e in metrics.get("epochs", [])
+        ],
+        "val_gallery": (metrics.get("final", {}).get("val") or {}).get("gallery"),
+    }
 
 
 def training_lines(training: dict) -> list[str]:
@@ -417,8 +495,10 @@ def training_lines(training: dict) -> list[str]:
         column = unit = "triplets"
         negatives = ""
     if training.get("deep_blocks_trained"):
-        deep_branch = (f"deep branch trained (its last {training['deep_blocks_trained']} blocks, learning rate "
-                       f"{training['deep_lr']:g}, online over the cached images)")
+        deep_branch = (
+            f"deep branch trained (its last {training['deep_blocks_trained']} blocks, learning rate "
+            f"{training['deep_lr']:g}, online over the cached images)"
+        )
     else:
         deep_branch = "deep branch frozen (cached features)"
     lines = [
@@ -429,22 +509,29 @@ def training_lines(training: dict) -> list[str]:
         f"bfloat16 autocast: {bool(training['bf16'])}; {deep_branch}; {triplets.get('count', 0):,} mined triplets "
         f"(source `{triplets.get('source', '?')}`), trained as {unit} ({triplets.get('street', 0):,} street, "
         f"{triplets.get('catalog', 0):,} catalog){negatives}. Timings (s): "
-        + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items()) + ".",
+        + ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in timings.items())
+        + ".",
         "",
         f"| epoch | {column} | loss | val R@1 | val R@5 | val R@20 (gallery {training['val_gallery'] or 0:,}) |",
         "|---|---|---|---|---|---|",
     ]
     for e in training["epochs"]:
-        lines.append(f"| {e['epoch']} | {e['triplets'] or 0:,} | {e['loss']:.4f} | {_pct(e['recall@1'])} | "
-                     f"{_pct(e['recall@5'])} | {_pct(e['recall@20'])} |")
+        lines.append(
+            f"| {e['epoch']} | {e['triplets'] or 0:,} | {e['loss']:.4f} | {_pct(e['recall@1'])} | "
+            f"{_pct(e['recall@5'])} | {_pct(e['recall@20'])} |"
+        )
     return lines + [""]
 
 
 def write_report(result: dict, out: Path, plot: Path | None) -> None:
     bench, machine = result["benchmark"], result["machine"]
     if plot is not None:
-        plot_curves(result["rows"], plot, f"Street-to-shop proxy ({bench['size']}, seed {bench['seed']}): "
-                                          f"{bench['queries']:,} queries, gallery {bench['gallery']:,}")
+        plot_curves(
+            result["rows"],
+            plot,
+            f"Street-to-shop proxy ({bench['size']}, seed {bench['seed']}): "
+            f"{bench['queries']:,} queries, gallery {bench['gallery']:,}",
+        )
     lines = [
         "# Street-to-shop evaluation",
         "",
@@ -496,19 +583,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", default="small", help="benchmark size: small | full (tiny for tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None, help="benchmark root (default var/street2shop/...)")
-    parser.add_argument("--gallery", default="split", choices=("split", "all"),
-                        help="split: the test items (10k on full); all: all 70k Fashion-MNIST items")
+    parser.add_argument(
+        "--gallery",
+        default="split",
+        choices=("split", "all"),
+        help="split: the test items (10k on full); all: all 70k Fashion-MNIST items",
+    )
     parser.add_argument("--visnet", default=None, help="VisNet artifact directory")
-    parser.add_argument("--visnet-deep-only", default=None,
-                        help="artifact directory of VisNet without shallow branches")
+    parser.add_argument(
+        "--visnet-deep-only", default=None, help="artifact directory of VisNet without shallow branches"
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=128, help="input size for the ImageNet backbone")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--context", type=float, default=0.1, help="margin around the ground-truth box")
-    parser.add_argument("--pca-items", type=int, default=1500,
-                        help="train street items (plus their shop images) for PCA")
+    parser.add_argument(
+        "--pca-items", type=int, default=1500, help="train street items (plus their shop images) for PCA"
+    )
     parser.add_argument("--no-study", action="store_true")
     parser.add_argument("--out", default=str(REPO / "docs" / "evaluation.md"), help="markdown report ('' for none)")
     parser.add_argument("--plot", default=str(REPO / "docs" / "evaluation_recall_at_k.png"))

@@ -31,8 +31,9 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-def exact_item_ranks(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
-                     chunk: int = 1024) -> np.ndarray:
+def exact_item_ranks(
+    queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray, chunk: int = 1024
+) -> np.ndarray:
     """0-based rank of each query's true gallery row (`targets[i]` indexes `gallery`) under cosine similarity:
     the number of OTHER gallery rows scoring at least as high (ties count against the query)."""
     q, g = _tensor(queries), _tensor(gallery)
@@ -44,8 +45,8 @@ def exact_item_ranks(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[i
     ranks = []
     with torch.inference_mode():
         for start in range(0, len(q), chunk):
-            scores = q[start:start + chunk] @ g.T
-            true = scores.gather(1, t[start:start + chunk, None])
+            scores = q[start : start + chunk] @ g.T
+            true = scores.gather(1, t[start : start + chunk, None])
             ranks.append((scores >= true).sum(dim=1) - 1)
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
@@ -56,14 +57,16 @@ def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 20)) -> dict
     return {int(k): float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
 
 
-def recall_at_k(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
-                ks: Sequence[int] = (1, 5, 20)) -> dict[int, float]:
+def recall_at_k(
+    queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5, 20)
+) -> dict[int, float]:
     """Exact-item Recall@K for each K."""
     return recall_from_ranks(exact_item_ranks(queries, gallery, targets), ks)
 
 
-def recall_summary(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray,
-                   ks: Sequence[int] = (1, 5, 20)) -> dict[str, float]:
+def recall_summary(
+    queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5, 20)
+) -> dict[str, float]:
     """Exact-item Recall@K as training's validation records it: {"recall@K": ..., "median_rank" (1-based, the
     lower median), "queries"}; 0.0 for every number without queries."""
     ranks = torch.as_tensor(exact_item_ranks(queries, gallery, targets))
@@ -75,15 +78,16 @@ def recall_summary(queries: ArrayLike, gallery: ArrayLike, targets: Sequence[int
     return out
 
 
-def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False,
-               chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, gallery indices) per query, most similar first; exclude_self drops gallery row i for query i."""
     q, g = _tensor(queries), _tensor(gallery)
     k = min(k, len(g) - (1 if exclude_self else 0))
     all_scores, all_indices = [], []
     with torch.inference_mode():
         for start in range(0, len(q), chunk):
-            scores = q[start:start + chunk] @ g.T
+            scores = q[start : start + chunk] @ g.T
             if exclude_self:
                 rows = torch.arange(scores.shape[0])
                 scores[rows, rows + start] = -float("inf")

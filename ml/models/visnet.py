@@ -81,15 +81,21 @@ def build_deep_backbone(config: VisNetConfig, pretrained: bool = True) -> tuple[
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class _Residual(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn_relu(channels, channels),
-                                  nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            *_conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -103,8 +109,16 @@ class ShallowBranch(nn.Module):
     doubling, until the grid side is reached - still shallow next to the deep branch, but enough to tell
     one garment from the next same-category one at 32 px."""
 
-    def __init__(self, factor: int, channels: int, depth: int, grid: int, image_size: int, arch: str = "paper",
-                 grey: bool = False):
+    def __init__(
+        self,
+        factor: int,
+        channels: int,
+        depth: int,
+        grid: int,
+        image_size: int,
+        arch: str = "paper",
+        grey: bool = False,
+    ):
         super().__init__()
         self.factor = factor
         self.grey = grey
@@ -123,8 +137,9 @@ class ShallowBranch(nn.Module):
             return
         if arch == "cnn" and factor <= 4:
             c1, c2, c3 = max(8, channels // 4), max(16, channels // 2), channels
-            layers = (_conv_bn_relu(in_ch, c1) + _conv_bn_relu(c1, c1, 2) + _conv_bn_relu(c1, c2)
-                      + _conv_bn_relu(c2, c2, 2))
+            layers = (
+                _conv_bn_relu(in_ch, c1) + _conv_bn_relu(c1, c1, 2) + _conv_bn_relu(c1, c2) + _conv_bn_relu(c2, c2, 2)
+            )
             for _ in range(max(1, depth - 1)):
                 layers += _conv_bn_relu(c2 if _ == 0 else c3, c3)
             self.body = nn.Sequential(*layers)
@@ -171,8 +186,15 @@ class VisNet(nn.Module):
         self.config = config
         self.deep, self.deep_dim = build_deep_backbone(config, pretrained=pretrained)
         branches = [
-            ShallowBranch(f, config.shallow_channels, config.shallow_depth, config.shallow_grid, config.image_size,
-                          config.shallow_arch, config.shallow_grey)
+            ShallowBranch(
+                f,
+                config.shallow_channels,
+                config.shallow_depth,
+                config.shallow_grid,
+                config.image_size,
+                config.shallow_arch,
+                config.shallow_grey,
+            )
             for f in (config.shallow_factors if config.shallow else ())
         ]
         self.shallow_branches = nn.ModuleList(branches)
@@ -215,8 +237,13 @@ class VisNet(nn.Module):
         """Pooled deep-branch features (unnormalised) for [0,1] images at image_size."""
         x = self.normalise(images)
         if x.shape[-1] != self.config.deep_size:
-            x = F.interpolate(x, size=(self.config.deep_size, self.config.deep_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.config.deep_size, self.config.deep_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return self.deep(x).float()
@@ -246,7 +273,7 @@ class VisNet(nn.Module):
         keep = {}
         for key, value in state.items():
             if key.startswith("deep."):
-                sub = key[len("deep."):]
+                sub = key[len("deep.") :]
                 module_prefix = sub.rsplit(".", 1)[0]
                 in_trained_module = any(t.rsplit(".", 1)[0] == module_prefix for t in trained_deep)
                 if include_deep or sub in trained_deep or in_trained_module:

@@ -47,22 +47,32 @@ def occlude_edges(x: torch.Tensor, probability: float, max_fraction: float = 0.3
     cols = torch.arange(width, device=device).float().add_(0.5).div_(width)[None, :]
     rows = torch.arange(height, device=device).float().add_(0.5).div_(height)[:, None]
     f = fraction[:, None, None]
-    strip = torch.stack([cols.expand(height, width), 1 - cols.expand(height, width),
-                         rows.expand(height, width), 1 - rows.expand(height, width)])[edge] < f
+    strip = (
+        torch.stack(
+            [
+                cols.expand(height, width),
+                1 - cols.expand(height, width),
+                rows.expand(height, width),
+                1 - rows.expand(height, width),
+            ]
+        )[edge]
+        < f
+    )
     mask = (strip & hit[:, None, None])[:, None]
     return torch.where(mask, x.roll(1, dims=0), x)
 
 
-
-def augment_pair_batch(inputs: torch.Tensor, n_anchors: int, street_anchor: torch.Tensor,
-                       occlude: float) -> torch.Tensor:
+def augment_pair_batch(
+    inputs: torch.Tensor, n_anchors: int, street_anchor: torch.Tensor, occlude: float
+) -> torch.Tensor:
     """Augment a batch laid out [anchors; positives(; negatives)] in place and return it: street-crop anchors get
     mild jitter, catalog anchors street-like jitter (and, with probability `occlude`, an occluded edge); the
     shop images after them are only mildly jittered."""
     b = n_anchors
     anchors = inputs[:b]
-    inputs[:b] = torch.where(street_anchor[:, None, None, None], augment_small(anchors, 0.5),
-                             augment_small(anchors, 1.0))
+    inputs[:b] = torch.where(
+        street_anchor[:, None, None, None], augment_small(anchors, 0.5), augment_small(anchors, 1.0)
+    )
     inputs[:b] = occlude_edges(inputs[:b], occlude)
     inputs[b:] = augment_small(inputs[b:], 0.25)
     return inputs

@@ -128,8 +128,12 @@ class TrainingConfig:
         return cls.from_dict(load_config(path, overrides))
 
     def to_dict(self) -> dict:
-        return {"data": asdict(self.data), "model": self.model.to_dict(), "mining": asdict(self.mining),
-                "train": asdict(self.train)}
+        return {
+            "data": asdict(self.data),
+            "model": self.model.to_dict(),
+            "mining": asdict(self.mining),
+            "train": asdict(self.train),
+        }
 
 
 DEFAULTS: dict = TrainingConfig().to_dict()

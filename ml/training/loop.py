@@ -49,7 +49,7 @@ def resolve_last_blocks(value: int | str | None, model: VisNet, cuda: bool) -> i
         value = "all" if cuda else 0
     if value == "all":
         return len(model.deep.blocks) if hasattr(model.deep, "blocks") else 1
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 @dataclass
@@ -102,9 +102,18 @@ def set_up(cfg: TrainingConfig, bench: Any, progress: bool) -> Run:
     cpu_bf16 = not cuda and train_cfg.cpu_bf16 in ("auto", True) and cpu_bf16_supported()
     if not cuda:
         model = model.to(memory_format=torch.channels_last)
-    cache = DeepFeatureCache(model, bench, resolver, cache_dir, device, batch_size=256 if cuda else 128,
-                             progress=progress, cpu_bf16=cpu_bf16, keep_images=last_blocks > 0,
-                             workers=data_cfg.loader_workers)
+    cache = DeepFeatureCache(
+        model,
+        bench,
+        resolver,
+        cache_dir,
+        device,
+        batch_size=256 if cuda else 128,
+        progress=progress,
+        cpu_bf16=cpu_bf16,
+        keep_images=last_blocks > 0,
+        workers=data_cfg.loader_workers,
+    )
     if last_blocks > 0:
         model.freeze_deep(True, train_last_blocks=last_blocks)
     val_eval = SplitEval(bench, "val", subsample(query_indices(bench, "val"), data_cfg.max_val_queries, 1))
@@ -125,8 +134,9 @@ def training_set(run: Run, triplets: list[MinedTriplet] | None) -> TrainingSet:
         run.cache.ensure(pool_refs(run.bench, train_q, pool), "train")
         run.timings["cache_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
-        chosen = mine_training_set(run.bench, run.cache, train_q, pool, run.cfg.mining,
-                                   float(run.cfg.train.mix.get("catalog", 0)))
+        chosen = mine_training_set(
+            run.bench, run.cache, train_q, pool, run.cfg.mining, float(run.cfg.train.mix.get("catalog", 0))
+        )
         run.timings["mining_s"] = round(time.monotonic() - t1, 1)
     if not chosen.triplets:
         raise ValueError("no training triplets")
@@ -155,14 +165,16 @@ def make_objective(run: Run, total_steps: int) -> Objective:
     if deep_params:
         groups.append({"params": deep_params, "lr": deep_lr})
     optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=float(train_cfg.weight_decay))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=total_steps, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.15
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=run.cuda and cuda_amp_dtype() == torch.float16)
     margin = float(train_cfg.margin)
     if train_cfg.batch_negatives:
         reducer = "hardest" if train_cfg.negatives == "hardest" else "mean_active"
-        return Objective(optimiser, scheduler, scaler, InBatchNegativesMiner(), TripletMarginLoss(margin, reducer),
-                         deep_lr)
+        return Objective(
+            optimiser, scheduler, scaler, InBatchNegativesMiner(), TripletMarginLoss(margin, reducer), deep_lr
+        )
     return Objective(optimiser, scheduler, scaler, MinedNegativesMiner(), TripletMarginLoss(margin, "mean"), deep_lr)
 
 
@@ -179,9 +191,13 @@ class EpochBatches:
     @classmethod
     def of(cls, plan: Epoch, cache: DeepFeatureCache) -> EpochBatches:
         rows = [plan.triplets[i] for i in plan.order]
-        return cls(cache.index([t.anchor for t in rows]), cache.index([t.positive for t in rows]),
-                   cache.index([t.negative for t in rows]), torch.tensor([t.kind == "street" for t in rows]),
-                   plan.spans)
+        return cls(
+            cache.index([t.anchor for t in rows]),
+            cache.index([t.positive for t in rows]),
+            cache.index([t.negative for t in rows]),
+            torch.tensor([t.kind == "street" for t in rows]),
+            plan.spans,
+        )
 
 
 def batch_embeddings(run: Run, idx: torch.Tensor, b: int, street_anchor: torch.Tensor) -> torch.Tensor:
@@ -253,20 +269,33 @@ def _selection_score(val: dict) -> float:
 
 def _record_epoch(run: Run, epoch: int, loss: float, count: int) -> dict:
     val = run.val_eval.run(run.model, run.cache, run.device)
-    row = {"epoch": epoch, "loss": loss, "triplets": count, "val": val,
-           "elapsed_s": round(time.monotonic() - run.started, 1)}
+    row = {
+        "epoch": epoch,
+        "loss": loss,
+        "triplets": count,
+        "val": val,
+        "elapsed_s": round(time.monotonic() - run.started, 1),
+    }
     if run.progress:
-        print(f"epoch {epoch}: loss {row['loss']:.4f} val R@1 {val['recall@1']:.3f} R@5 {val['recall@5']:.3f} "
-              f"R@20 {val['recall@20']:.3f} ({row['elapsed_s']} s)", flush=True)
+        print(
+            f"epoch {epoch}: loss {row['loss']:.4f} val R@1 {val['recall@1']:.3f} R@5 {val['recall@5']:.3f} "
+            f"R@20 {val['recall@20']:.3f} ({row['elapsed_s']} s)",
+            flush=True,
+        )
     return row
 
 
 def fit(run: Run, street: list[MinedTriplet], catalog: list[MinedTriplet], pool: np.ndarray) -> Fit:
     """Train for train.epochs (or the time budget), keeping the best validation checkpoint."""
     train_cfg, bench = run.cfg.train, run.bench
-    sampler = EpochSampler(train_cfg, len(street), len(catalog), len(np.unique(bench.shop_labels)),
-                           lambda t: int(bench.shop_labels[run.resolver.shop_index(t.positive)]),
-                           np.random.default_rng(int(train_cfg.seed)))
+    sampler = EpochSampler(
+        train_cfg,
+        len(street),
+        len(catalog),
+        len(np.unique(bench.shop_labels)),
+        lambda t: int(bench.shop_labels[run.resolver.shop_index(t.positive)]),
+        np.random.default_rng(int(train_cfg.seed)),
+    )
     epochs = int(train_cfg.epochs)
     objective = make_objective(run, epochs * sampler.steps_per_epoch)
     history: list[dict] = []
@@ -281,8 +310,17 @@ def fit(run: Run, street: list[MinedTriplet], catalog: list[MinedTriplet], pool:
             best_state = {k: v.detach().cpu().clone() for k, v in run.model.trainable_state_dict().items()}
             row["best"] = True
         if run.cfg.mining.remine and street and epoch < epochs:
-            remined = remine_street(run.model, run.cache, bench, street, pool, int(run.cfg.mining.remine_k),
-                                    int(run.cfg.mining.street_hard_negatives), run.device, seed=100 + epoch)
+            remined = remine_street(
+                run.model,
+                run.cache,
+                bench,
+                street,
+                pool,
+                int(run.cfg.mining.remine_k),
+                int(run.cfg.mining.street_hard_negatives),
+                run.device,
+                seed=100 + epoch,
+            )
             street_current = remined + [t for t in street if t.negative_kind == "out_of_class"]
         if train_cfg.time_budget_s and time.monotonic() - started > float(train_cfg.time_budget_s):
             break
@@ -308,10 +346,15 @@ def final_metrics(run: Run, best_state: dict[str, torch.Tensor], baseline_val: d
 def resolved_config(run: Run, deep_lr: float, triplets: dict) -> dict:
     """The config as run (config.json): the typed sections plus what this run resolved and trained on."""
     resolved = run.cfg.to_dict()
-    resolved["train"].update({
-        "device_used": str(run.device), "cpu_bf16_used": run.cpu_bf16,
-        "autocast_dtype": autocast_dtype_name(run.device, run.cpu_bf16), "train_last_blocks": run.last_blocks,
-        "deep_lr": deep_lr if run.online else None})
+    resolved["train"].update(
+        {
+            "device_used": str(run.device),
+            "cpu_bf16_used": run.cpu_bf16,
+            "autocast_dtype": autocast_dtype_name(run.device, run.cpu_bf16),
+            "train_last_blocks": run.last_blocks,
+            "deep_lr": deep_lr if run.online else None,
+        }
+    )
     resolved["triplets"] = triplets
     return resolved
 
@@ -325,8 +368,14 @@ def _split_kinds(triplets: list[MinedTriplet], pairs_only: bool) -> tuple[list[M
     return street, catalog
 
 
-def train(config: dict | TrainingConfig, out_dir: str | Path, bench: Any = None,
-          triplets: list[MinedTriplet] | None = None, triplets_source: str = "mined", progress: bool = True) -> dict:
+def train(
+    config: dict | TrainingConfig,
+    out_dir: str | Path,
+    bench: Any = None,
+    triplets: list[MinedTriplet] | None = None,
+    triplets_source: str = "mined",
+    progress: bool = True,
+) -> dict:
     """Train, evaluate and write the artifact to out_dir. Returns model_version, metrics, model, cache, val_eval,
     out_dir, triplets (and artifact, the ml.artifacts.Artifact written)."""
     cfg = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(config)
@@ -342,15 +391,37 @@ def train(config: dict | TrainingConfig, out_dir: str | Path, bench: Any = None,
     best_state = {k: (v.half() if v.is_floating_point() else v) for k, v in result.best_state.items()}
     final = final_metrics(run, best_state, baseline_val)
     trip_hash = triplets_hash(chosen.triplets)
-    summary = {"source": triplets_source, "count": len(chosen.triplets), "street": len(street),
-               "catalog": len(catalog), "hash": trip_hash}
+    summary = {
+        "source": triplets_source,
+        "count": len(chosen.triplets),
+        "street": len(street),
+        "catalog": len(catalog),
+        "hash": trip_hash,
+    }
     run.timings["total_s"] = round(time.monotonic() - run.started, 1)
-    metrics = {"epochs": result.history, "final": final, "timings": run.timings, "device": str(run.device),
-               "device_name": torch.cuda.get_device_name(run.device) if run.cuda else None,
-               "torch_threads": torch.get_num_threads()}
-    artifact = write_artifact(out_dir, config=resolved_config(run, result.objective.deep_lr, summary),
-                              metrics=metrics, data_hash=training_data_hash(run.bench.data_hash, trip_hash),
-                              weights_state=best_state, history=result.history)
-    return {"model_version": artifact.model_version, "metrics": artifact.metrics, "model": run.model,
-            "cache": run.cache, "val_eval": run.val_eval, "out_dir": out_dir, "triplets": chosen.triplets,
-            "artifact": artifact}
+    metrics = {
+        "epochs": result.history,
+        "final": final,
+        "timings": run.timings,
+        "device": str(run.device),
+        "device_name": torch.cuda.get_device_name(run.device) if run.cuda else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    artifact = write_artifact(
+        out_dir,
+        config=resolved_config(run, result.objective.deep_lr, summary),
+        metrics=metrics,
+        data_hash=training_data_hash(run.bench.data_hash, trip_hash),
+        weights_state=best_state,
+        history=result.history,
+    )
+    return {
+        "model_version": artifact.model_version,
+        "metrics": artifact.metrics,
+        "model": run.model,
+        "cache": run.cache,
+        "val_eval": run.val_eval,
+        "out_dir": out_dir,
+        "triplets": chosen.triplets,
+        "artifact": artifact,
+    }

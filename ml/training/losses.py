@@ -64,8 +64,9 @@ class TripletMarginLoss(nn.Module):
         return terms.sum() / mask.sum().clamp(min=1)
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.2,
-                 reduction: str = "mean") -> torch.Tensor:
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.2, reduction: str = "mean"
+) -> torch.Tensor:
     """max(0, m + ||a - p||^2 - ||a - n||^2) per row triplet; reduction "mean", "sum" or "none"."""
     d_pos = (anchor - positive).pow(2).sum(dim=1)
     d_neg = (anchor - negative).pow(2).sum(dim=1)
@@ -77,8 +78,14 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return loss
 
 
-def batch_triplet_loss(anchors: torch.Tensor, candidates: torch.Tensor, positive_rows: torch.Tensor,
-                       candidate_rows: torch.Tensor, margin: float, hardest: bool = False) -> torch.Tensor:
+def batch_triplet_loss(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_rows: torch.Tensor,
+    candidate_rows: torch.Tensor,
+    margin: float,
+    hardest: bool = False,
+) -> torch.Tensor:
     """The hinge over every anchor and the negatives in the batch: candidates = [positives; mined negatives];
     anchor i's positive is candidates[i]; every candidate that is not the same image (row id) as that positive
     is a negative. hardest=False: mean over the active (anchor, negative) terms; True: each anchor's hardest

@@ -50,6 +50,6 @@ class InBatchNegativesMiner:
             raise ValueError("an in-batch-negatives batch has b anchors, >= b candidates and a label per row")
         anchors, positives = _paired_positives(b, embeddings.device)
         labels = labels.to(embeddings.device)
-        negative = labels[None, b:] != labels[b:2 * b, None]  # [b anchors, candidates]
+        negative = labels[None, b:] != labels[b : 2 * b, None]  # [b anchors, candidates]
         anchor_n, candidate = negative.nonzero(as_tuple=True)
         return PairIndices(anchors, positives, anchor_n, candidate + b)

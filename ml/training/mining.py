@@ -50,8 +50,7 @@ def train_pool(bench: Any, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray
     rng = np.random.default_rng(3)
     extra_n = int(data_cfg.train_pool_extra or 0)
     rest = np.setdiff1d(train_shop, positives)
-    extra = (rng.choice(rest, min(extra_n, len(rest)), replace=False) if extra_n and len(rest)
-             else np.zeros(0, np.int64))
+    extra = rng.choice(rest, min(extra_n, len(rest)), replace=False) if extra_n and len(rest) else np.zeros(0, np.int64)
     return train_q, np.sort(np.concatenate([positives, extra]).astype(np.int64))
 
 
@@ -60,22 +59,41 @@ def pool_refs(bench: Any, train_q: np.ndarray, pool: np.ndarray) -> list[str]:
     return [shop_ref(bench, i) for i in pool] + [street_ref(bench, q) for q in train_q]
 
 
-def mine_training_set(bench: Any, cache: DeepFeatureCache, train_q: np.ndarray, pool: np.ndarray,
-                      mine_cfg: MiningConfig, catalog_share: float) -> TrainingSet:
+def mine_training_set(
+    bench: Any,
+    cache: DeepFeatureCache,
+    train_q: np.ndarray,
+    pool: np.ndarray,
+    mine_cfg: MiningConfig,
+    catalog_share: float,
+) -> TrainingSet:
     """Street triplets for the train queries (and catalog ones when catalog_share > 0) by the BISS ensemble,
     from the cached pool (see pool_refs)."""
     feats = biss_pool_features(bench, pool, cache, mine_cfg.weights)
-    street = mine_street_triplets(bench, "train", features=feats, pool=pool, queries=train_q,
-                                  hard_negatives=int(mine_cfg.street_hard_negatives),
-                                  hard_k=int(mine_cfg.street_hard_k),
-                                  out_of_class_negatives=int(mine_cfg.street_out_of_class), seed=4)
+    street = mine_street_triplets(
+        bench,
+        "train",
+        features=feats,
+        pool=pool,
+        queries=train_q,
+        hard_negatives=int(mine_cfg.street_hard_negatives),
+        hard_k=int(mine_cfg.street_hard_k),
+        out_of_class_negatives=int(mine_cfg.street_out_of_class),
+        seed=4,
+    )
     catalog: list[MinedTriplet] = []
     if catalog_share > 0 and mine_cfg.catalog_anchors:
-        catalog = mine_catalog_triplets(bench, "train", features=feats, pool=pool,
-                                        anchors=int(mine_cfg.catalog_anchors),
-                                        positives_per_anchor=int(mine_cfg.catalog_positives),
-                                        in_class_negatives=int(mine_cfg.catalog_in_class),
-                                        out_of_class_negatives=int(mine_cfg.catalog_out_of_class), seed=5)
+        catalog = mine_catalog_triplets(
+            bench,
+            "train",
+            features=feats,
+            pool=pool,
+            anchors=int(mine_cfg.catalog_anchors),
+            positives_per_anchor=int(mine_cfg.catalog_positives),
+            in_class_negatives=int(mine_cfg.catalog_in_class),
+            out_of_class_negatives=int(mine_cfg.catalog_out_of_class),
+            seed=5,
+        )
     return TrainingSet(street + catalog, pool)
 
 
@@ -88,8 +106,17 @@ def given_training_set(triplets: list[MinedTriplet], cache: DeepFeatureCache, re
 
 
 @torch.inference_mode()
-def remine_street(model: VisNet, cache: DeepFeatureCache, bench: Any, street: list[MinedTriplet], pool: np.ndarray,
-                  k: int, per_anchor: int, device: torch.device, seed: int) -> list[MinedTriplet]:
+def remine_street(
+    model: VisNet,
+    cache: DeepFeatureCache,
+    bench: Any,
+    street: list[MinedTriplet],
+    pool: np.ndarray,
+    k: int,
+    per_anchor: int,
+    device: torch.device,
+    seed: int,
+) -> list[MinedTriplet]:
     """Hard in-class negatives by the current model: nearest same-class pool items to each street anchor."""
     rng = np.random.default_rng(seed)
     pool_refs = [shop_ref(bench, i) for i in pool]
@@ -110,6 +137,15 @@ def remine_street(model: VisNet, cache: DeepFeatureCache, bench: Any, street: li
             a, p = anchors[row]
             choice = rng.choice(top[r], min(per_anchor, top.shape[1]), replace=False)
             for n in choice:
-                out.append(MinedTriplet(a, p, pool_refs[members[n]], "street", "visnet:remined",
-                                        negative_score=float(sim[r, n]), negative_kind="in_class"))
+                out.append(
+                    MinedTriplet(
+                        a,
+                        p,
+                        pool_refs[members[n]],
+                        "street",
+                        "visnet:remined",
+                        negative_score=float(sim[r, n]),
+                        negative_kind="in_class",
+                    )
+                )
     return out

@@ -44,7 +44,7 @@ def one_class_order(labels: np.ndarray, batch_size: int, rng: np.random.Generato
     batches: list[np.ndarray] = []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     if not batches:
         return np.zeros(0, int)
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
@@ -60,8 +60,15 @@ class Epoch:
 class EpochSampler:
     """Draws each epoch's triplets and batches from one numpy Generator (seeded by train.seed)."""
 
-    def __init__(self, cfg: TrainConfig, n_street: int, n_catalog_available: int, n_classes: int,
-                 label_of: Callable[[MinedTriplet], int], rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        n_street: int,
+        n_catalog_available: int,
+        n_classes: int,
+        label_of: Callable[[MinedTriplet], int],
+        rng: np.random.Generator,
+    ) -> None:
         self.cfg, self.label_of, self.rng = cfg, label_of, rng
         mix = cfg.mix
         self.n_street = int(round(n_street * float(mix.get("street", 1.0))))
@@ -74,11 +81,10 @@ class EpochSampler:
             steps = min(steps, int(cfg.max_steps_per_epoch))
         self.steps_per_epoch = steps
 
-    def choose(self, street: Sequence[MinedTriplet], catalog: Sequence[MinedTriplet], easy: bool
-               ) -> list[MinedTriplet]:
+    def choose(self, street: Sequence[MinedTriplet], catalog: Sequence[MinedTriplet], easy: bool) -> list[MinedTriplet]:
         pick_street = _easy(list(street)) if easy else list(street)
         pick_cat = _easy(list(catalog)) if easy else list(catalog)
-        chosen = [pick_street[i] for i in self.rng.permutation(len(pick_street))[:self.n_street]]
+        chosen = [pick_street[i] for i in self.rng.permutation(len(pick_street))[: self.n_street]]
         if self.n_catalog and pick_cat:
             drawn = self.rng.choice(len(pick_cat), min(self.n_catalog, len(pick_cat)), replace=False)
             chosen += [pick_cat[i] for i in drawn]
@@ -95,4 +101,4 @@ class EpochSampler:
         else:
             order = self.rng.permutation(len(chosen))
             spans = fixed_spans(len(order), batch_size)
-        return Epoch(chosen, order, spans[:self.steps_per_epoch])
+        return Epoch(chosen, order, spans[: self.steps_per_epoch])

@@ -92,8 +92,12 @@ class SyntheticBenchmark:
         photo = self.street_photo(item.photo_index)
         x0, y0, x1, y1 = item.box
         dx, dy = (x1 - x0) * context, (y1 - y0) * context
-        box = (max(0, int(x0 - dx)), max(0, int(y0 - dy)),
-               min(photo.width, int(x1 + dx)), min(photo.height, int(y1 + dy)))
+        box = (
+            max(0, int(x0 - dx)),
+            max(0, int(y0 - dy)),
+            min(photo.width, int(x1 + dx)),
+            min(photo.height, int(y1 + dy)),
+        )
         return photo.crop(box)
 
     def queries(self, split: str) -> list[StreetItem]:

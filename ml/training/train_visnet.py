@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(ROOT / "configs" / "visnet.yaml"))
     parser.add_argument("--size", default=None, help="benchmark size (overrides data.size)")
     parser.add_argument("--out", default=None, help="artifact directory (default models/<model_version-ish>)")
-    parser.add_argument("--approved-triplets", default=None,
-                        help="JSONL of reviewed triplets: train on approved rows only")
+    parser.add_argument(
+        "--approved-triplets", default=None, help="JSONL of reviewed triplets: train on approved rows only"
+    )
     parser.add_argument("--triplets", default=None, help="JSONL of triplets: train on all its rows")
     parser.add_argument("--triplets-out", default=None, help="also write the mined triplets to this JSONL")
     parser.add_argument("--epochs", type=int, default=None)
@@ -67,8 +68,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.triplets_out:
         save_triplets(result["triplets"], args.triplets_out)
         print(f"wrote {len(result['triplets'])} triplets to {args.triplets_out}", flush=True)
-    print(json.dumps({"model_version": result["model_version"], "out": str(out), "final": result["metrics"]["final"],
-                      "timings": result["metrics"]["timings"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model_version": result["model_version"],
+                "out": str(out),
+                "final": result["metrics"]["final"],
+                "timings": result["metrics"]["timings"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

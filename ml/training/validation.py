@@ -17,8 +17,9 @@ from ml.triplets import shop_ref, street_ref
 
 
 @torch.inference_mode()
-def embed_refs(model: VisNet, cache: DeepFeatureCache, refs: Sequence[str], device: torch.device,
-               batch_size: int = 1024) -> torch.Tensor:
+def embed_refs(
+    model: VisNet, cache: DeepFeatureCache, refs: Sequence[str], device: torch.device, batch_size: int = 1024
+) -> torch.Tensor:
     """Embeddings of cached refs: from the cached deep features while the deep branch is frozen, else the whole
     model over the cached images."""
     idx = cache.index(refs)
