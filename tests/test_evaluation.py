@@ -122,27 +122,25 @@ def test_map_at_r_matches_a_plain_loop():
     assert category_metrics(vectors, labels)["map@r"] == pytest.approx(np.mean(aps), abs=1e-9)
 
 
-@pytest.fixture(scope="module")
-def evaluation(tmp_path_factory):
+def evaluate_tiny(tmp: Path, *arguments: str) -> dict:
+    """`python -m ml.evaluation.evaluate` on the tiny benchmark built under `tmp`, 64 px, quiet."""
     from ml.evaluation.evaluate import main
 
+    return main(["--size", "tiny", "--root", str(tmp / "tiny-seed0"), "--image-size", "64", "--quiet", *arguments])
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluation")
-    argv = [
-        "--size",
-        "tiny",
-        "--root",
-        str(tmp / "tiny-seed0"),
-        "--image-size",
-        "64",
-        "--quiet",
+    return tmp, evaluate_tiny(
+        tmp,
         "--visnet",
         str(tmp / "missing-artifacts"),
         "--out",
         str(tmp / "evaluation.md"),
         "--plot",
         str(tmp / "recall.png"),
-    ]
-    return tmp, main(argv)
+    )
 
 
 def test_evaluate_end_to_end_on_tiny(evaluation):
@@ -187,25 +185,8 @@ def test_breakdown_by_rendering_condition_partitions_the_queries(evaluation):
 
 def test_features_are_cached(evaluation):
     tmp, first = evaluation
-    from ml.evaluation.evaluate import main
 
-    second = main(
-        [
-            "--size",
-            "tiny",
-            "--root",
-            str(tmp / "tiny-seed0"),
-            "--image-size",
-            "64",
-            "--quiet",
-            "--methods",
-            "pixels",
-            "imagenet",
-            "--no-study",
-            "--out",
-            "",
-        ]
-    )
+    second = evaluate_tiny(tmp, "--methods", "pixels", "imagenet", "--no-study", "--out", "")
     rows = {row["method"]: row for row in second["rows"]}
     assert rows["imagenet"]["recall"] == dict(first["rows"][2]["recall"].items())
     assert np.isnan(rows["imagenet"]["ms_per_image"])  # nothing was embedded again
@@ -235,28 +216,19 @@ def test_evaluate_scores_the_committed_tiny_visnet_artifact(evaluation):
     """The evaluation command on tests/fixtures/tiny-visnet (made by `python -m ml.training.train_visnet --config
     configs/visnet_tiny.yaml --out tests/fixtures/tiny-visnet`): its VisNet row, its training section."""
     from ml.artifacts import read_artifact
-    from ml.evaluation.evaluate import main
 
     tmp, _ = evaluation
-    result = main(
-        [
-            "--size",
-            "tiny",
-            "--root",
-            str(tmp / "tiny-seed0"),
-            "--image-size",
-            "64",
-            "--quiet",
-            "--methods",
-            "visnet",
-            "--visnet",
-            str(TINY_VISNET),
-            "--no-study",
-            "--out",
-            str(tmp / "visnet.md"),
-            "--plot",
-            str(tmp / "visnet.png"),
-        ]
+    result = evaluate_tiny(
+        tmp,
+        "--methods",
+        "visnet",
+        "--visnet",
+        str(TINY_VISNET),
+        "--no-study",
+        "--out",
+        str(tmp / "visnet.md"),
+        "--plot",
+        str(tmp / "visnet.png"),
     )
     (row,) = result["rows"]
     artifact = read_artifact(TINY_VISNET)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.search_checks import assert_filter_is_applied_inside_the_vector_query
 from webapp.catalog import services as catalog_services
 from webapp.search import activation, registry
 from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import search_by_image, similar_products
-from webapp.search.vector_store import SearchFilters
 from webapp.search.versions import model_version_register
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "visnet-default"
@@ -91,14 +91,4 @@ def test_similar_products_are_mostly_of_the_same_category(visnet_catalog):
 
 
 def test_a_filter_only_the_vector_query_can_satisfy_finds_the_matching_products(visnet_catalog, fashion_items):
-    """The three products cheap enough rank last for the query: after an over-fetched query they would be lost."""
-    query = fashion_items[0][0]
-    everything = search_by_image(content=query, k=CATALOG_SIZE)
-    assert len(everything) == CATALOG_SIZE > 4 * 3 + 20  # larger than what k=3 over-fetches
-    cheapest = [r.product for r in everything[-3:]]
-    for product in cheapest:
-        product.price = Decimal("5.00")
-        product.save()
-        search_services.product_vectors_sync(product_id=product.pk)
-    found = search_by_image(content=query, k=3, filters=SearchFilters(max_price=10.0))
-    assert sorted(r.product.pk for r in found) == sorted(p.pk for p in cheapest)
+    assert_filter_is_applied_inside_the_vector_query(fashion_items[0][0], catalog_size=CATALOG_SIZE)

@@ -6,6 +6,8 @@ Queued by name through `webapp.search.dispatch`; routed in settings.CELERY_TASK_
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import NoReturn
 
 from celery import shared_task
 
@@ -22,18 +24,27 @@ def _backoff_seconds(retries: int) -> int:
     return min(2 ** (retries + 1), 60)
 
 
+def _retry_or_give_up(task, exc: Exception, what: str, give_up: Callable[[str], None]) -> NoReturn:
+    """After a transient failure: retry with backoff, or after the last retry record why with `give_up` and fail."""
+    attempts = task.request.retries + 1
+    if task.request.retries >= task.max_retries:
+        give_up(f"gave up after {attempts} attempts: {exc}")
+        raise exc
+    logger.warning("%s failed (%s); retry %s", what, exc, attempts)
+    raise task.retry(exc=exc, countdown=_backoff_seconds(task.request.retries)) from exc
+
+
 @shared_task(bind=True, name=dispatch.INGEST_IMAGES, max_retries=MAX_RETRIES, acks_late=True)
 def ingest_image_batch(self, image_ids: list[int]) -> dict:
     try:
         report = services.images_ingest(image_ids=image_ids)
     except TRANSIENT as exc:
-        if self.request.retries >= self.max_retries:
-            services.images_mark_failed(
-                image_ids=image_ids, reason=f"gave up after {self.request.retries + 1} attempts: {exc}"
-            )
-            raise
-        logger.warning("ingest of %s failed (%s); retry %s", image_ids, exc, self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
+        _retry_or_give_up(
+            self,
+            exc,
+            f"ingest of {image_ids}",
+            lambda reason: services.images_mark_failed(image_ids=image_ids, reason=reason),
+        )
     return {"ready": report.ready, "failed": report.failed, "missing": report.missing}
 
 
@@ -59,13 +70,12 @@ def reembed_catalog(self, version_id: int, token: str = "") -> dict:
     try:
         done = activation.catalog_reembed(version_id=version_id, token=token, time_budget=REEMBED_TASK_SECONDS)
     except TRANSIENT as exc:
-        if self.request.retries >= self.max_retries:
-            activation.model_version_mark_failed(
-                version_id=version_id, reason=f"gave up after {self.request.retries + 1} attempts: {exc}"
-            )
-            raise
-        logger.warning("re-embed of version %s failed (%s); retry %s", version_id, exc, self.request.retries + 1)
-        raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
+        _retry_or_give_up(
+            self,
+            exc,
+            f"re-embed of version {version_id}",
+            lambda reason: activation.model_version_mark_failed(version_id=version_id, reason=reason),
+        )
     except activation.ReembedFailed as exc:
         return {"version_id": version_id, "state": "failed", "error": str(exc)}
     if not done:
