@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from webapp.search import services as search_services
-from webapp.search.selectors import _overfetch, search_by_image
+from webapp.search.selectors import overfetch, search_by_image
 from webapp.search.vector_store import SearchFilters
 
 
@@ -14,7 +14,7 @@ def assert_filter_is_applied_inside_the_vector_query(query: bytes, catalog_size:
 
     With the filter inside the vector query they are found; filtered after an over-fetched query they are lost.
     """
-    assert catalog_size > _overfetch(3), "the catalog must be larger than what k=3 over-fetches"
+    assert catalog_size > overfetch(3), "the catalog must be larger than what k=3 over-fetches"
     everything = search_by_image(content=query, k=catalog_size)
     assert len(everything) == catalog_size
     cheapest = [r.product for r in everything[-3:]]

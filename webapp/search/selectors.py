@@ -31,8 +31,8 @@ def _ranked(hits, limit: int) -> list[RankedProduct]:
     return ranked[:limit]
 
 
-def _overfetch(k: int) -> int:
-    # Several images can belong to one product; fetch more hits than products wanted.
+def overfetch(k: int) -> int:
+    """How many image hits a query for k products asks for: several images can belong to one product."""
     return min(max(4 * k, k + 20), 16384)
 
 
@@ -50,7 +50,7 @@ def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = 
         vectors = store.vectors_for_images(list(product.images.values_list("pk", flat=True)))
         if len(vectors) == 0:
             return []
-        hits = best_per_product(store.search(vectors, _overfetch(k), filters), k)
+        hits = best_per_product(store.search(vectors, overfetch(k), filters), k)
         cached = [(h.product_id, h.score) for h in hits]
         cache.set(cache_key, cached, settings.SIMILAR_PRODUCTS_CACHE_SECONDS)
     return _ranked([Hit(image_id=0, product_id=pid, score=score) for pid, score in cached], k)
@@ -67,5 +67,5 @@ def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = Sea
     if version is None:
         return []
     vector = registry.embedder_for(version).embed_one(picture)
-    hits = best_per_product(registry.version_store(version).search(vector, _overfetch(k), filters), k)
+    hits = best_per_product(registry.version_store(version).search(vector, overfetch(k), filters), k)
     return _ranked(hits, k)
