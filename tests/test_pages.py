@@ -262,6 +262,7 @@ def test_product_page_without_a_ready_vector_says_so(client, ingested_catalog, f
 
 def test_product_page_survives_an_unreachable_vector_store(client, db, settings, serving_version):
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"
+    settings.MILVUS_CONNECT_TIMEOUT = 0.5  # nothing listens there: fail fast
     product, _ = make_product("offline-1", content=image_bytes())
     response = client.get(product.get_absolute_url())
     assert response.status_code == 200
@@ -352,6 +353,7 @@ BAD_IMAGES = {
 def test_search_refuses_bad_images_with_400_and_creates_nothing(client, db, settings, case):
     # Nothing may reach the vector store: point it at a closed port so a leak would show as a 503.
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"
+    settings.MILVUS_CONNECT_TIMEOUT = 0.5  # nothing listens there: fail fast
     content, message = BAD_IMAGES[case]
     if content is None:
         whole = pillow_bytes("PNG", size=(64, 64))
@@ -403,6 +405,7 @@ def test_search_without_a_file_is_400(client, db):
 
 def test_search_is_503_when_the_vector_store_is_unreachable(client, db, settings, serving_version):
     settings.MILVUS_URI = f"http://127.0.0.1:{free_port()}"
+    settings.MILVUS_CONNECT_TIMEOUT = 0.5  # nothing listens there: fail fast
     response = search(client, image_bytes(size=(64, 64)), name="ok.png", content_type="image/png")
     assert response.status_code == 503
     assert "temporarily unavailable" in error_text(response)
