@@ -24,7 +24,10 @@ fi
 
 workers/start_worker.sh ingest,default >"$VAR_DIR/log/worker.log" 2>&1 &
 pids+=($!)
-echo "worker: Celery (broker ${CELERY_BROKER_URL:-filesystem://}), log in $VAR_DIR/log/worker.log"
+# Localization has its own worker so a shopper's photo never waits behind a catalog import.
+CELERY_PREFETCH=1 workers/start_worker.sh localize -n "localize@%h" >"$VAR_DIR/log/localize.log" 2>&1 &
+pids+=($!)
+echo "workers: Celery ingest,default and localize (broker ${CELERY_BROKER_URL:-filesystem://}), logs in $VAR_DIR/log/"
 
 $PY manage.py ensure_admin
 # The serving model is registered here, by the setup, never by a read: with none active, what the alias

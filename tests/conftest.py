@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-INTEGRATION_FIXTURES = {"milvus_uri", "celery_worker", "live_server", "fresh_worker"}
+INTEGRATION_FIXTURES = {"milvus_uri", "celery_worker", "live_server", "fresh_worker", "localize_worker"}
 INTEGRATION_MARKERS = {"worker", "browser"}
 
 
@@ -124,7 +124,9 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url: str, extra_env=None) -> WorkerProcess:
+def start_worker(
+    tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url: str, extra_env=None, queues: str = "ingest,default"
+) -> WorkerProcess:
     from django.conf import settings
 
     env = dict(os.environ)
@@ -136,6 +138,8 @@ def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url
         CELERY_BROKER_URL=broker_url,
         TORCH_NUM_THREADS="2",
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        VAR_DIR=str(settings.VAR_DIR),
+        DETECTOR_ARTIFACT_DIR=str(settings.DETECTOR_ARTIFACT_DIR),
         **(extra_env or {}),
     )
     log_path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
@@ -147,7 +151,7 @@ def start_worker(tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url
                 "webapp",
                 "worker",
                 "-Q",
-                "ingest,default",
+                queues,
                 "--concurrency",
                 "1",
                 "--prefetch-multiplier",
@@ -189,6 +193,20 @@ def celery_worker(tmp_path, milvus_uri, milvus_names, vector_store, transactiona
     from django.conf import settings
 
     worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL)
+    yield worker
+    stop_worker(worker)
+
+
+@pytest.fixture
+def localize_worker(tmp_path, milvus_uri, milvus_names, transactional_db):
+    """A real Celery worker on the `localize` queue with the shipped detector (models/detector-default)."""
+    from django.conf import settings
+
+    from webapp.celery import app
+
+    app.set_current()
+    app.set_default()
+    worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL, queues="localize")
     yield worker
     stop_worker(worker)
 

@@ -140,6 +140,20 @@ EMBEDDER_DEVICE = os.environ.get("EMBEDDER_DEVICE", "auto")
 EMBEDDER_IMAGE_SIZE = env_int("EMBEDDER_IMAGE_SIZE", 224)
 EMBEDDER_BATCH_SIZE = env_int("EMBEDDER_BATCH_SIZE", 32)
 
+# Localization: a YOLO detector (trained by `python -m ml.detection.train`) runs in workers on the `localize`
+# queue; the web request waits for its answer at most LOCALIZE_TIMEOUT_SECONDS, then answers 503.
+DETECTOR_ARTIFACT_DIR = Path(os.environ.get("DETECTOR_ARTIFACT_DIR") or BASE_DIR / "models" / "detector-default")
+DETECTOR_DEVICE = os.environ.get("DETECTOR_DEVICE", "auto")
+DETECTOR_MIN_SCORE = float(os.environ.get("DETECTOR_MIN_SCORE", "0.25"))
+DETECTOR_MAX_ITEMS = env_int("DETECTOR_MAX_ITEMS", 10)
+LOCALIZE_TIMEOUT_SECONDS = float(os.environ.get("LOCALIZE_TIMEOUT_SECONDS", "10"))
+# Context kept around a box when it is cropped for the embedder (a fraction of the box side).
+CROP_CONTEXT = float(os.environ.get("CROP_CONTEXT", "0.1"))
+# How the detected class shapes the vector query when the shopper chose no category: "off", "filter" (a row
+# filter inside the query) or "boost" (same-category hits ranked up by CATEGORY_BOOST).
+DETECTED_CATEGORY_MODE = os.environ.get("DETECTED_CATEGORY_MODE", "off")
+CATEGORY_BOOST = float(os.environ.get("CATEGORY_BOOST", "0.05"))
+
 # Vector store. The embedded default is a Milvus Lite server that `make run` starts on 127.0.0.1.
 MILVUS_URI = os.environ.get("MILVUS_URI") or "http://127.0.0.1:19530"
 MILVUS_TOKEN = os.environ.get("MILVUS_TOKEN", "")
@@ -163,6 +177,13 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     }
     for folder in ("queue", "processed", "control"):
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
+# Only the localize task keeps a result (the web request waits for it): Redis with a Redis broker, else files.
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else f"file://{VAR_DIR / 'celery-results'}"
+)
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+CELERY_RESULT_EXPIRES = 600
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -175,6 +196,7 @@ CELERY_TASK_ROUTES = {
     "search.remove_image_vectors": {"queue": "default"},
     "search.sync_product_vectors": {"queue": "default"},
     "search.reembed_catalog": {"queue": "default"},
+    "search.localize_photo": {"queue": "localize"},
 }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

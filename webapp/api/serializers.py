@@ -101,6 +101,52 @@ class RankedResultsOutputSerializer(serializers.Serializer):
     results = RankedProductOutputSerializer(many=True, read_only=True)
 
 
+@extend_schema_serializer(component_name="ImageSize")
+class ImageSizeOutputSerializer(serializers.Serializer):
+    width = serializers.IntegerField(read_only=True)
+    height = serializers.IntegerField(read_only=True)
+
+
+@extend_schema_serializer(component_name="ItemBox")
+class ItemBoxOutputSerializer(serializers.Serializer):
+    index = serializers.IntegerField(read_only=True, help_text="Rank by score, 0 is the most confident item.")
+    label = serializers.CharField(read_only=True, help_text="The detected class (a catalog category, or 'item').")
+    score = serializers.FloatField(read_only=True, help_text="Detector confidence, 0-1.")
+    box = serializers.ListField(
+        child=serializers.IntegerField(),
+        read_only=True,
+        help_text="[x1, y1, x2, y2] in pixels of the upright photo (EXIF orientation applied), x2/y2 exclusive.",
+    )
+
+
+@extend_schema_serializer(component_name="PhotoQuery")
+class PhotoQueryOutputSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["detected", "client", "whole_photo"],
+        read_only=True,
+        help_text="What was searched: the best detected item, the client's `box`, or the whole photo.",
+    )
+    index = serializers.IntegerField(read_only=True, allow_null=True, help_text="The detected box searched, if any.")
+    label = serializers.CharField(read_only=True, allow_null=True)
+    box = serializers.ListField(child=serializers.IntegerField(), read_only=True, allow_null=True)
+    note = serializers.CharField(read_only=True, help_text="Why the whole photo was searched, when it was.")
+
+
+@extend_schema_serializer(component_name="PhotoSearchResults")
+class PhotoSearchOutputSerializer(RankedResultsOutputSerializer):
+    """Every item found in the photo, what was searched, and the ranked products for it."""
+
+    image = ImageSizeOutputSerializer(read_only=True)
+    boxes = ItemBoxOutputSerializer(many=True, read_only=True)
+    query = PhotoQueryOutputSerializer(read_only=True)
+
+
+@extend_schema_serializer(component_name="Detections")
+class DetectionsOutputSerializer(serializers.Serializer):
+    image = ImageSizeOutputSerializer(read_only=True)
+    boxes = ItemBoxOutputSerializer(many=True, read_only=True)
+
+
 @extend_schema_serializer(component_name="Error")
 class ErrorOutputSerializer(serializers.Serializer):
     detail = serializers.CharField(read_only=True)
@@ -177,10 +223,42 @@ class ImageUploadField(serializers.FileField):
         super().__init__(**kwargs)
 
 
+@extend_schema_field({"type": "string", "example": "40,32,180,210"})
+class BoxField(serializers.CharField):
+    """A box "x1,y1,x2,y2" in whole pixels of the upright photo; validates to a tuple of four ints."""
+
+    default_error_messages = {"format": 'Give the box as four whole numbers "x1,y1,x2,y2" (pixels).'}
+
+    def to_internal_value(self, data) -> tuple[int, int, int, int]:
+        value = super().to_internal_value(data)
+        parts = [part.strip() for part in value.split(",")]
+        if len(parts) != 4 or not all(re.fullmatch(r"-?[0-9]{1,6}", part) for part in parts):
+            self.fail("format")
+        x1, y1, x2, y2 = (int(part) for part in parts)
+        return x1, y1, x2, y2
+
+
 @extend_schema_serializer(component_name="SearchByImage")
 class SearchByImageInputSerializer(VectorFilterInputSerializer):
     image = ImageUploadField(help_text="The photo to search with (JPEG, PNG, WebP, GIF, BMP or TIFF).")
     k = serializers.IntegerField(min_value=1, max_value=MAX_K, default=24, help_text="How many products to return.")
+    box = BoxField(
+        required=False,
+        help_text="Search this region instead of the best detected item: x1,y1,x2,y2 in pixels of the upright photo.",
+    )
+    whole_photo = serializers.BooleanField(
+        required=False, default=False, help_text="true: search the whole photo instead of the best detected item."
+    )
+
+    def validate(self, attrs):
+        if attrs.get("box") is not None and attrs.get("whole_photo"):
+            raise serializers.ValidationError({"box": ["Give either a box or whole_photo=true, not both."]})
+        return attrs
+
+
+@extend_schema_serializer(component_name="DetectItems")
+class DetectInputSerializer(serializers.Serializer):
+    image = ImageUploadField(help_text="The photo whose items to find (JPEG, PNG, WebP, GIF, BMP or TIFF).")
 
 
 @extend_schema_serializer(component_name="ProductImageUpload")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("products/<int:product_id>/images/", views.ProductImageCreateApi.as_view(), name="product-images"),
     path("products/<int:product_id>/similar/", views.ProductSimilarApi.as_view(), name="product-similar"),
     path("search/", views.SearchByImageApi.as_view(), name="search"),
+    path("detect/", views.DetectItemsApi.as_view(), name="detect"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", docs.api_docs, name="docs"),
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -25,7 +26,8 @@ from webapp.catalog.models import Product
 from webapp.catalog.selectors import product_list, product_queryset
 from webapp.catalog.services import product_create, product_delete, product_image_create
 from webapp.search import registry
-from webapp.search.selectors import RankedProduct, search_by_image, similar_products
+from webapp.search.localization import LocalizationUnavailable
+from webapp.search.selectors import InvalidBox, RankedProduct, detect_in_photo, search_by_photo, similar_products
 from webapp.search.vector_store import CollectionNotFound, VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,11 @@ BAD_IMAGE = OpenApiResponse(
     description='Not an acceptable image: {"detail": message}; or invalid input: {field: [messages]}.',
 )
 NOT_FOUND = OpenApiResponse(s.ErrorOutputSerializer, description="No such product.")
+LOCALIZATION_UNAVAILABLE = OpenApiResponse(
+    s.ErrorOutputSerializer,
+    description="The localization workers are down or slow (the reason is in `detail`), or the vector store is "
+    "unavailable; retry later.",
+)
 UNAVAILABLE = OpenApiResponse(s.ErrorOutputSerializer, description="The vector store is unavailable; retry later.")
 NOT_AUTHENTICATED = OpenApiResponse(s.ErrorOutputSerializer, description="Authentication required.")
 INVALID = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: {field: [messages]}.")
@@ -192,16 +199,88 @@ class SearchByImageApi(APIView):
     @extend_schema(
         operation_id="search_by_image",
         summary="Search by photo",
-        description="Upload a photo; get the catalog products that look most like it, best first.",
+        description="Upload a photo. Every item the detector finds in it comes back boxed; the most confident one "
+        "(or the region given as `box`, or the whole photo with `whole_photo=true`) is cropped, embedded and "
+        "searched, and its look-alikes come back best first. A clean product shot on a plain background is "
+        "searched whole. Filters apply inside the vector query.",
         request={"multipart/form-data": s.SearchByImageInputSerializer},
-        responses={200: s.RankedResultsOutputSerializer, 400: BAD_IMAGE, 503: UNAVAILABLE},
+        responses={200: s.PhotoSearchOutputSerializer, 400: BAD_IMAGE, 503: LOCALIZATION_UNAVAILABLE},
     )
     def post(self, request):
         params = s.SearchByImageInputSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        k, filters, upload = params.validated_data["k"], params.to_filters(), params.validated_data["image"]
+        data = params.validated_data
+        try:
+            found = search_by_photo(
+                content=read_upload(data["image"]),
+                k=data["k"],
+                filters=params.to_filters(),
+                box=data.get("box"),
+                whole_photo=data["whole_photo"],
+            )
+        except InvalidBox as exc:
+            return Response({"box": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        except (InvalidImage, LocalizationUnavailable, VectorStoreUnavailable) as exc:
+            return _failure(exc)
+        return Response(s.PhotoSearchOutputSerializer(_photo_search_data(found), context={"request": request}).data)
 
-        def query():
-            return search_by_image(content=read_upload(upload), k=k, filters=filters)
 
-        return _ranked_response(request, query)
+def _failure(exc: Exception) -> Response:
+    if isinstance(exc, InvalidImage):
+        return _detail(str(exc), status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, LocalizationUnavailable):
+        logger.warning("localization unavailable: %s", exc)
+        return _detail(
+            f"Item detection is temporarily unavailable ({exc}); please retry shortly, or search the "
+            "whole photo (whole_photo=true).",
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    logger.warning("vector query failed: %s", exc)
+    return _detail(
+        "Visual search is temporarily unavailable; please retry shortly.", status.HTTP_503_SERVICE_UNAVAILABLE
+    )
+
+
+def _photo_search_data(found) -> dict:
+    try:
+        collection = registry.get_vector_store().active_collection()
+    except VectorStoreUnavailable:
+        collection = None
+    query = found.query
+    return {
+        "image": {"width": found.width, "height": found.height},
+        "boxes": [asdict(item) for item in found.boxes],
+        "query": {
+            "kind": query.kind,
+            "index": query.index,
+            "label": query.label,
+            "box": list(query.box) if query.box else None,
+            "note": query.note,
+        },
+        "count": len(found.results),
+        "collection": collection,
+        "results": [{"score": r.score, "product": r.product} for r in found.results],
+    }
+
+
+class DetectItemsApi(APIView):
+    permission_classes = [AllowAny]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="detect_items",
+        summary="Find the items in a photo",
+        description="Upload a photo; get a box (class, score, pixel coordinates of the upright photo) for every item "
+        "the detector finds, most confident first. Nothing is searched.",
+        request={"multipart/form-data": s.DetectInputSerializer},
+        responses={200: s.DetectionsOutputSerializer, 400: BAD_IMAGE, 503: LOCALIZATION_UNAVAILABLE},
+    )
+    def post(self, request):
+        params = s.DetectInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            width, height, boxes = detect_in_photo(content=read_upload(params.validated_data["image"]))
+        except (InvalidImage, LocalizationUnavailable) as exc:
+            return _failure(exc)
+        data = {"image": {"width": width, "height": height}, "boxes": [asdict(item) for item in boxes]}
+        return Response(s.DetectionsOutputSerializer(data).data)

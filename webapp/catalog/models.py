@@ -69,6 +69,12 @@ class ProductImage(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     model_version = models.CharField(max_length=120, blank=True)
+    item_box = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="[x1, y1, x2, y2] of the main item when the image is a scene (found at ingestion); its crop is "
+        "what is embedded. Empty for a clean product shot, embedded whole.",
+    )
     embedded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -23,7 +23,7 @@ from webapp.catalog.models import ProductImage
 from webapp.search import dispatch, registry
 from webapp.search.embedders import Embedder
 from webapp.search.models import ModelVersion
-from webapp.search.services import vector_row
+from webapp.search.services import item_picture, vector_row
 from webapp.search.vector_store import VectorStoreUnavailable
 from webapp.search.versions import default_version_ensure
 
@@ -96,7 +96,7 @@ def _embed_into(embedder: Embedder, version: ModelVersion, images: list[ProductI
     loaded = []
     for image in images:
         try:
-            loaded.append((image, open_stored_image(image.image)))
+            loaded.append((image, item_picture(open_stored_image(image.image), image.item_box)))
         except (InvalidImage, FileNotFoundError, OSError) as exc:
             logger.warning("re-embed %s: skipping image %s (%s)", version.model_version, image.pk, exc)
     if not loaded:

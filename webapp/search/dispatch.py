@@ -7,6 +7,7 @@ that is not there yet, and a rolled-back write queues nothing.
 
 from __future__ import annotations
 
+from celery.result import AsyncResult
 from django.db import transaction
 
 from webapp.celery import app
@@ -15,6 +16,7 @@ INGEST_IMAGES = "search.ingest_image_batch"
 REMOVE_IMAGE_VECTORS = "search.remove_image_vectors"
 SYNC_PRODUCT_VECTORS = "search.sync_product_vectors"
 REEMBED_CATALOG = "search.reembed_catalog"
+LOCALIZE_PHOTO = "search.localize_photo"
 INGEST_BATCH_SIZE = 32
 
 
@@ -46,3 +48,11 @@ def reembed_queue(*, version_id: int, token: str, countdown: int | None = None) 
 
 def reembed_queue_on_commit(*, version_id: int, token: str, countdown: int | None = None) -> None:
     transaction.on_commit(lambda: reembed_queue(version_id=version_id, token=token, countdown=countdown))
+
+
+def localize_send(*, payload: str, expires: float) -> AsyncResult:
+    """Queue a photo for a localize worker; it is dropped unanswered after `expires` seconds (nobody waits then).
+
+    No publish retries: the web request fails fast when the broker is down rather than hanging.
+    """
+    return app.send_task(LOCALIZE_PHOTO, args=[payload], expires=expires, retry=False, ignore_result=False)

@@ -21,12 +21,16 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from webapp.search.embedders import Embedder, build_embedder
 from webapp.search.models import ModelVersion
 from webapp.search.vector_store import MilvusVectorStore
+
+if TYPE_CHECKING:
+    from ml.detection.detector import Detector
 
 ACTIVE_VERSION_TTL_SECONDS = float(os.environ.get("ACTIVE_VERSION_TTL_SECONDS", "2"))
 MAX_CACHED_EMBEDDERS = 3
@@ -112,6 +116,19 @@ def embedder_for(version: ModelVersion) -> Embedder:
         while len(_embedders) > MAX_CACHED_EMBEDDERS:
             _embedders.popitem(last=False)
     return embedder
+
+
+# The detector ---------------------------------------------------------------------------------
+@functools.cache
+def _detector(artifact_dir: str, device: str) -> Detector:
+    from ml.detection.detector import load_detector  # torch and ultralytics load in the worker that needs them
+
+    return load_detector(artifact_dir, device=device)
+
+
+def detector() -> Detector:
+    """The localization model, loaded once per process (only localize and ingest workers call this)."""
+    return _detector(str(settings.DETECTOR_ARTIFACT_DIR), settings.DETECTOR_DEVICE)
 
 
 # The vector store ----------------------------------------------------------------------------

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.core.cache import cache
+from PIL import Image
 
-from webapp.catalog.images import open_normalised, validate_image_bytes
-from webapp.catalog.models import Product
+from ml.detection.crops import crop_with_context
+from webapp.catalog.images import looks_like_product_shot, open_normalised, validate_image_bytes
+from webapp.catalog.models import Category, Product
 from webapp.search import registry
+from webapp.search.embedders import Embedder
+from webapp.search.localization import ItemBox, LocalizationUnavailable, photo_localize
+from webapp.search.models import ModelVersion
 from webapp.search.vector_store import Hit, SearchFilters, best_per_product
 
 MAX_K = 100
@@ -66,6 +71,130 @@ def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = Sea
     version = registry.active_version()
     if version is None:
         return []
-    vector = registry.embedder_for(version).embed_one(picture)
-    hits = best_per_product(registry.version_store(version).search(vector, overfetch(k), filters), k)
-    return _ranked(hits, k)
+    return _search_item(version, registry.embedder_for(version), picture, k, filters, None)
+
+
+# Search by a shopper's photo: localize, choose an item, embed its crop -------------------------------
+WHOLE_PHOTO = "whole_photo"
+DETECTED = "detected"
+CLIENT = "client"
+NOTE_PRODUCT_SHOT = "The photo shows one product on a plain background; it was searched whole."
+NOTE_NOTHING_FOUND = "No item was found in the photo; the whole photo was searched."
+NOTE_NO_LOCALIZATION = "Item detection is unavailable right now ({reason}); the boxes could not be shown."
+
+
+class InvalidBox(ValueError):
+    """A box sent by the client that cannot be searched; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class PhotoQuery:
+    """What was searched: a detected item (`index`), a box the client drew, or the whole photo."""
+
+    kind: str
+    box: tuple[int, int, int, int] | None = None
+    index: int | None = None
+    label: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PhotoSearch:
+    width: int
+    height: int
+    boxes: list[ItemBox]
+    query: PhotoQuery
+    results: list[RankedProduct]
+
+
+def checked_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """A client's box (x1, y1, x2, y2 in pixels of the upright photo), or InvalidBox with the reason."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise InvalidBox(f"The box {list(box)} has no area: it needs x1 < x2 and y1 < y2.")
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise InvalidBox(f"The box {list(box)} lies outside the {width}x{height} photo.")
+    return box
+
+
+def _choose(boxes: list[ItemBox], box: tuple[int, int, int, int] | None, whole_photo: bool, note: str) -> PhotoQuery:
+    if box is not None:
+        return PhotoQuery(CLIENT, box=box, note=note)
+    if whole_photo:
+        return PhotoQuery(WHOLE_PHOTO, note=note)
+    if not boxes:
+        return PhotoQuery(WHOLE_PHOTO, note=note or NOTE_NOTHING_FOUND)
+    best = boxes[0]
+    return PhotoQuery(DETECTED, box=best.box, index=best.index, label=best.label, note=note)
+
+
+def _locate(picture: Image.Image, wanted: bool) -> tuple[list[ItemBox], str]:
+    """The photo's items (none for a clean product shot). Without localization, a query that needs a detected
+    box fails (LocalizationUnavailable); one that does not (a client box, the whole photo) goes on with a note."""
+    if looks_like_product_shot(picture):
+        return [], NOTE_PRODUCT_SHOT
+    try:
+        return photo_localize(picture=picture), ""
+    except LocalizationUnavailable as exc:
+        if wanted:
+            raise
+        return [], NOTE_NO_LOCALIZATION.format(reason=exc)
+
+
+def search_by_photo(
+    *,
+    content: bytes,
+    k: int = 24,
+    filters: SearchFilters = SearchFilters(),
+    box: tuple[int, int, int, int] | None = None,
+    whole_photo: bool = False,
+) -> PhotoSearch:
+    """Search with the item a shopper picks in a photo: the best detected item by default, a box they drew, or the
+    whole photo. Raises InvalidImage, InvalidBox, LocalizationUnavailable (only when a detected box is needed)."""
+    k = max(1, min(int(k), MAX_K))
+    validate_image_bytes(content)
+    picture = open_normalised(content)
+    if box is not None:
+        box = checked_box(box, picture.width, picture.height)
+    boxes, note = _locate(picture, wanted=box is None and not whole_photo)
+    query = _choose(boxes, box, whole_photo, note)
+    version = registry.active_version()
+    if version is None:
+        return PhotoSearch(picture.width, picture.height, boxes, query, [])
+    crop = picture if query.box is None else crop_with_context(picture, query.box, settings.CROP_CONTEXT)
+    results = _search_item(version, registry.embedder_for(version), crop, k, filters, query.label)
+    return PhotoSearch(picture.width, picture.height, boxes, query, results)
+
+
+def _detected_category(label: str | None) -> int | None:
+    if not label:
+        return None
+    category = Category.objects.filter(name__iexact=label).only("pk").first()
+    return category.pk if category is not None else None
+
+
+def _search_item(
+    version: ModelVersion, embedder: Embedder, crop: Image.Image, k: int, filters: SearchFilters, label: str | None
+) -> list[RankedProduct]:
+    """Embed the crop and search; the detected class narrows or boosts the category unless the shopper chose one."""
+    vector = embedder.embed_one(crop)
+    store = registry.version_store(version)
+    mode = settings.DETECTED_CATEGORY_MODE
+    category_id = _detected_category(label) if filters.category_id is None and mode != "off" else None
+    if category_id is None:
+        return _ranked(best_per_product(store.search(vector, overfetch(k), filters), k), k)
+    narrowed = replace(filters, category_id=category_id)
+    if mode == "filter":
+        return _ranked(best_per_product(store.search(vector, overfetch(k), narrowed), k), k)
+    boosted = [
+        Hit(h.image_id, h.product_id, h.score + settings.CATEGORY_BOOST)
+        for h in store.search(vector, overfetch(k), narrowed)[0]
+    ]
+    return _ranked(best_per_product([boosted, *store.search(vector, overfetch(k), filters)], k), k)
+
+
+def detect_in_photo(*, content: bytes) -> tuple[int, int, list[ItemBox]]:
+    """(width, height, items) of a photo, from a localize worker. Raises InvalidImage, LocalizationUnavailable."""
+    validate_image_bytes(content)
+    picture = open_normalised(content)
+    return picture.width, picture.height, photo_localize(picture=picture)

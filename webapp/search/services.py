@@ -11,9 +11,11 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from webapp.catalog.images import InvalidImage, make_thumbnail, open_stored_image
+from ml.detection.crops import crop_with_context
+from webapp.catalog.images import InvalidImage, looks_like_product_shot, make_thumbnail, open_stored_image
 from webapp.catalog.models import Product, ProductImage
 from webapp.search import registry
+from webapp.search.localization import LocalizationUnavailable, detect_items
 from webapp.search.models import ModelVersion
 from webapp.search.vector_store import MilvusVectorStore
 from webapp.search.versions import default_version_ensure
@@ -42,15 +44,37 @@ def vector_row(image: ProductImage, vector, model_version: str) -> dict:
 
 
 def _prepare(images: list[ProductImage], report: IngestReport) -> list[tuple[ProductImage, Image.Image, bytes]]:
-    """Decode each stored image (validated again: the file may have changed on disk) and thumbnail it."""
+    """Decode each stored image (validated again: the file may have changed on disk), thumbnail the whole image,
+    and choose what is embedded: the main item of a scene, the whole of a clean product shot."""
     prepared = []
     for image in images:
         try:
             picture = open_stored_image(image.image)
-            prepared.append((image, picture, make_thumbnail(picture, settings.THUMBNAIL_SIZE)))
+            thumbnail = make_thumbnail(picture, settings.THUMBNAIL_SIZE)
         except (InvalidImage, FileNotFoundError, OSError) as exc:
             report.failed[image.pk] = f"{type(exc).__name__}: {exc}"
+            continue
+        image.item_box = main_item_box(picture)
+        prepared.append((image, item_picture(picture, image.item_box), thumbnail))
     return prepared
+
+
+def main_item_box(picture: Image.Image) -> list[int] | None:
+    """The box of a scene's main item (the detector's most confident), None for a clean product shot or when
+    nothing (or no detector) is found: then the whole image is embedded."""
+    if looks_like_product_shot(picture):
+        return None
+    try:
+        items = detect_items(picture)
+    except LocalizationUnavailable as exc:
+        logger.warning("catalog image embedded whole: %s", exc)
+        return None
+    return list(items[0].box) if items else None
+
+
+def item_picture(picture: Image.Image, item_box: list[int] | None) -> Image.Image:
+    """What is embedded for a catalog image: the crop around its main item, or the whole image."""
+    return picture if not item_box else crop_with_context(picture, item_box, settings.CROP_CONTEXT)
 
 
 def _active_or_default() -> ModelVersion:
@@ -113,7 +137,10 @@ def _mark_ready(image: ProductImage, thumbnail: bytes, model_version: str) -> bo
         locked.attempts = locked.attempts + 1
         locked.model_version = model_version
         locked.embedded_at = timezone.now()
-        locked.save(update_fields=["thumbnail", "status", "error", "attempts", "model_version", "embedded_at"])
+        locked.item_box = image.item_box
+        locked.save(
+            update_fields=["thumbnail", "status", "error", "attempts", "model_version", "embedded_at", "item_box"]
+        )
     return True
 
 

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from celery import shared_task
 
-from webapp.search import activation, dispatch, services
+from webapp.search import activation, dispatch, localization, services
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +81,9 @@ def reembed_catalog(self, version_id: int, token: str = "") -> dict:
     if not done:
         dispatch.reembed_queue(version_id=version_id, token=token)
     return {"version_id": version_id, "done": done}
+
+
+@shared_task(name=dispatch.LOCALIZE_PHOTO, ignore_result=False, acks_late=False)
+def localize_photo(payload: str) -> list[dict]:
+    """Boxes of the items in a photo; a web request is waiting for the answer (no retries: it would be late)."""
+    return localization.localize_payload(payload)
