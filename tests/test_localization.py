@@ -100,6 +100,7 @@ def test_a_clean_product_shot_is_searched_whole_without_asking_a_worker(client, 
     assert time.monotonic() - started < 0.5 + 2, "it waited for a localize worker"
     query = response.json()["query"]
     assert query["kind"] == "whole_photo" and "plain background" in query["note"]
+    assert response["Server-Timing"].startswith("decode;dur=") and "localize" not in response["Server-Timing"]
 
 
 def test_catalog_images_are_product_shots_and_street_photos_are_scenes(fashion_items):

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import io
 import logging
+import time
 from dataclasses import asdict, dataclass
 
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -88,8 +89,18 @@ def _rescale(boxes: list[dict], scale: float, width: int, height: int) -> list[I
     return items
 
 
-def photo_localize(*, picture: Image.Image) -> list[ItemBox]:
+@dataclass(frozen=True)
+class Localization:
+    """The items found, with where the time went: the detector in the worker, and the whole round trip."""
+
+    boxes: list[ItemBox]
+    detect_ms: float
+    round_trip_ms: float
+
+
+def photo_localize(*, picture: Image.Image) -> Localization:
     """The items in an upright photo, best first, from a localize worker; raises LocalizationUnavailable."""
+    started = time.perf_counter()
     payload, scale = encode_for_worker(picture)
     timeout = settings.LOCALIZE_TIMEOUT_SECONDS
     try:
@@ -97,14 +108,15 @@ def photo_localize(*, picture: Image.Image) -> list[ItemBox]:
     except (BrokerError, ConnectionError, OSError) as exc:
         raise LocalizationUnavailable(f"the task broker is unreachable ({type(exc).__name__})") from exc
     try:
-        boxes = result.get(timeout=timeout, interval=0.01, propagate=True)
+        answer = result.get(timeout=timeout, interval=0.01, propagate=True)
     except CeleryTimeout:
         raise LocalizationUnavailable(f"no localization worker answered within {timeout:g} s") from None
     except Exception as exc:  # the task's own failure, re-raised here by Celery
         raise LocalizationUnavailable(f"localization failed: {exc}") from exc
     finally:
         _forget(result)
-    return _rescale(boxes, scale, picture.width, picture.height)
+    boxes = _rescale(answer["boxes"], scale, picture.width, picture.height)
+    return Localization(boxes, float(answer["detect_ms"]), (time.perf_counter() - started) * 1000)
 
 
 def _forget(result) -> None:
@@ -113,6 +125,8 @@ def _forget(result) -> None:
         result.forget()
 
 
-def localize_payload(payload: str) -> list[dict]:
-    """The body of the localize task: decode what the web sent, detect, answer plain JSON."""
-    return [asdict(item) for item in detect_items(decode_from_web(payload))]
+def localize_payload(payload: str) -> dict:
+    """The body of the localize task: decode what the web sent, detect, answer plain JSON with the time taken."""
+    started = time.perf_counter()
+    boxes = [asdict(item) for item in detect_items(decode_from_web(payload))]
+    return {"boxes": boxes, "detect_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from PIL import Image
@@ -13,7 +15,6 @@ from ml.detection.crops import crop_with_context
 from webapp.catalog.images import looks_like_product_shot, open_normalised, validate_image_bytes
 from webapp.catalog.models import Category, Product
 from webapp.search import registry
-from webapp.search.embedders import Embedder
 from webapp.search.localization import ItemBox, LocalizationUnavailable, photo_localize
 from webapp.search.models import ModelVersion
 from webapp.search.vector_store import Hit, SearchFilters, best_per_product
@@ -71,7 +72,7 @@ def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = Sea
     version = registry.active_version()
     if version is None:
         return []
-    return _search_item(version, registry.embedder_for(version), picture, k, filters, None)
+    return _search_vector(version, registry.embedder_for(version).embed_one(picture), k, filters, None)
 
 
 # Search by a shopper's photo: localize, choose an item, embed its crop -------------------------------
@@ -105,6 +106,18 @@ class PhotoSearch:
     boxes: list[ItemBox]
     query: PhotoQuery
     results: list[RankedProduct]
+    timings_ms: dict[str, float] = field(default_factory=dict)  # decode, localize (detect inside it), embed, search
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings_ms[stage] = round((now - self._last) * 1000, 2)
+        self._last = now
 
 
 def checked_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
@@ -128,17 +141,20 @@ def _choose(boxes: list[ItemBox], box: tuple[int, int, int, int] | None, whole_p
     return PhotoQuery(DETECTED, box=best.box, index=best.index, label=best.label, note=note)
 
 
-def _locate(picture: Image.Image, wanted: bool) -> tuple[list[ItemBox], str]:
+def _locate(picture: Image.Image, wanted: bool, clock: _Stopwatch) -> tuple[list[ItemBox], str]:
     """The photo's items (none for a clean product shot). Without localization, a query that needs a detected
     box fails (LocalizationUnavailable); one that does not (a client box, the whole photo) goes on with a note."""
     if looks_like_product_shot(picture):
         return [], NOTE_PRODUCT_SHOT
     try:
-        return photo_localize(picture=picture), ""
+        found = photo_localize(picture=picture)
     except LocalizationUnavailable as exc:
         if wanted:
             raise
         return [], NOTE_NO_LOCALIZATION.format(reason=exc)
+    clock.lap("localize")
+    clock.timings_ms["detect"] = found.detect_ms
+    return found.boxes, ""
 
 
 def search_by_photo(
@@ -152,18 +168,23 @@ def search_by_photo(
     """Search with the item a shopper picks in a photo: the best detected item by default, a box they drew, or the
     whole photo. Raises InvalidImage, InvalidBox, LocalizationUnavailable (only when a detected box is needed)."""
     k = max(1, min(int(k), MAX_K))
+    clock = _Stopwatch()
     validate_image_bytes(content)
     picture = open_normalised(content)
+    clock.lap("decode")
     if box is not None:
         box = checked_box(box, picture.width, picture.height)
-    boxes, note = _locate(picture, wanted=box is None and not whole_photo)
+    boxes, note = _locate(picture, wanted=box is None and not whole_photo, clock=clock)
     query = _choose(boxes, box, whole_photo, note)
     version = registry.active_version()
     if version is None:
-        return PhotoSearch(picture.width, picture.height, boxes, query, [])
+        return PhotoSearch(picture.width, picture.height, boxes, query, [], clock.timings_ms)
     crop = picture if query.box is None else crop_with_context(picture, query.box, settings.CROP_CONTEXT)
-    results = _search_item(version, registry.embedder_for(version), crop, k, filters, query.label)
-    return PhotoSearch(picture.width, picture.height, boxes, query, results)
+    vector = registry.embedder_for(version).embed_one(crop)
+    clock.lap("embed")
+    results = _search_vector(version, vector, k, filters, query.label)
+    clock.lap("search")
+    return PhotoSearch(picture.width, picture.height, boxes, query, results, clock.timings_ms)
 
 
 def _detected_category(label: str | None) -> int | None:
@@ -173,11 +194,11 @@ def _detected_category(label: str | None) -> int | None:
     return category.pk if category is not None else None
 
 
-def _search_item(
-    version: ModelVersion, embedder: Embedder, crop: Image.Image, k: int, filters: SearchFilters, label: str | None
+def _search_vector(
+    version: ModelVersion, vector: np.ndarray, k: int, filters: SearchFilters, label: str | None
 ) -> list[RankedProduct]:
-    """Embed the crop and search; the detected class narrows or boosts the category unless the shopper chose one."""
-    vector = embedder.embed_one(crop)
+    """Search the version's collection; the detected class narrows or boosts the category unless the shopper chose
+    one (DETECTED_CATEGORY_MODE)."""
     store = registry.version_store(version)
     mode = settings.DETECTED_CATEGORY_MODE
     category_id = _detected_category(label) if filters.category_id is None and mode != "off" else None
@@ -197,4 +218,4 @@ def detect_in_photo(*, content: bytes) -> tuple[int, int, list[ItemBox]]:
     """(width, height, items) of a photo, from a localize worker. Raises InvalidImage, LocalizationUnavailable."""
     validate_image_bytes(content)
     picture = open_normalised(content)
-    return picture.width, picture.height, photo_localize(picture=picture)
+    return picture.width, picture.height, photo_localize(picture=picture).boxes

@@ -84,6 +84,6 @@ def reembed_catalog(self, version_id: int, token: str = "") -> dict:
 
 
 @shared_task(name=dispatch.LOCALIZE_PHOTO, ignore_result=False, acks_late=False)
-def localize_photo(payload: str) -> list[dict]:
+def localize_photo(payload: str) -> dict:
     """Boxes of the items in a photo; a web request is waiting for the answer (no retries: it would be late)."""
     return localization.localize_payload(payload)
