@@ -106,6 +106,20 @@ def serving_version(db):
     reset_active_version_cache()
 
 
+@pytest.fixture
+def visnet_version(vector_store):
+    """The shipped VisNet (models/visnet-default) active on an empty catalog, as after `make run`'s activation."""
+    from webapp.search import activation, registry
+    from webapp.search.versions import model_version_register
+
+    version, _ = model_version_register(artifact_dir=ROOT / "models" / "visnet-default")
+    activation.model_version_activate(version=version, queue=False)
+    assert activation.catalog_reembed(version_id=version.pk) is True
+    registry.reset_active_version_cache()
+    yield registry.active_version(fresh=True)
+    registry.reset_active_version_cache()
+
+
 def _database_url() -> str:
     from django.db import connection
 

@@ -290,6 +290,15 @@ def test_search_page_renders_the_upload_form(client, db):
     assert any(e["tag"] == "input" and e["attrs"].get("name") == "max_price" for e in elements)
     assert any(e["tag"] == "script" and e["attrs"].get("src", "").endswith("js/visual_search.js") for e in elements)
     assert by_id(elements, "results") is None and by_id(elements, "search-error") is None
+    # The script's part: the API it calls, the (hidden until a photo is chosen) photo with its boxes and the
+    # whole-photo button; the no-JS form keeps a "whole photo" box of its own.
+    assert form["attrs"]["data-api-url"] == "/api/search/"
+    stage = by_id(elements, "photo-stage")
+    assert stage is not None and "hidden" in stage["attrs"]
+    assert by_id(elements, "box-layer") is not None and by_id(elements, "stage-photo") is not None
+    assert by_id(elements, "search-whole")["attrs"]["type"] == "button"
+    assert by_id(elements, "search-status")["attrs"]["role"] == "status"
+    assert any(e["tag"] == "input" and e["attrs"].get("name") == "whole_photo" for e in elements)
 
 
 def test_search_returns_ranked_results_with_scores(client, ingested_catalog):
@@ -410,3 +419,63 @@ def test_search_is_503_when_the_vector_store_is_unreachable(client, db, settings
     assert response.status_code == 503
     assert "temporarily unavailable" in error_text(response)
     assert by_id(parse(response), "results") is None
+
+
+# Without JavaScript: the most confident item, or the whole photo -------------------------------------------
+def street_photo_bytes(size=(320, 240), seed: int = 0) -> bytes:
+    """A textured scene (not a clean product shot), so the search localizes items first."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(30, 200, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_search_without_javascript_searches_the_most_confident_item_and_draws_every_box(
+    client, ingested_catalog, monkeypatch
+):
+    from webapp.search import localization
+
+    found = [
+        localization.ItemBox(0, "Shirt", 0.91, (32, 24, 160, 216)),
+        localization.ItemBox(1, "Bag", 0.4, (200, 100, 300, 200)),
+    ]
+    monkeypatch.setattr(
+        "webapp.search.selectors.photo_localize", lambda picture: localization.Localization(found, 1.0, 1.0)
+    )
+    response = search(client, street_photo_bytes(), name="street.jpg")
+    assert response.status_code == 200
+    elements = parse(response)
+    summary = by_id(elements, "query-summary")
+    assert summary["attrs"]["data-kind"] == "detected" and summary["attrs"]["data-index"] == "0"
+    assert "Shirt (91%)" in summary["text"]
+    boxes = by_class(elements, "static-box")
+    assert [b["attrs"]["data-index"] for b in boxes] == ["0", "1"]
+    assert "is-selected" in boxes[0]["attrs"]["class"] and "is-selected" not in boxes[1]["attrs"]["class"]
+    assert boxes[0]["text"] == "Shirt 91%" and boxes[1]["text"] == "Bag 40%"
+    # Percentages of the 320x240 photo, so they sit on the preview at any size.
+    assert "left: 10.000%; top: 10.000%; width: 40.000%; height: 80.000%;" in boxes[0]["attrs"]["style"]
+    assert len(result_rows(response)) == len(ingested_catalog)
+    assert by_id(elements, "query-note") is None
+
+
+def test_search_without_javascript_falls_back_to_the_whole_photo_when_detection_is_down(
+    client, ingested_catalog, settings
+):
+    settings.LOCALIZE_TIMEOUT_SECONDS = 0.5  # no localize worker runs here
+    response = search(client, street_photo_bytes(), name="street.jpg")
+    assert response.status_code == 200
+    elements = parse(response)
+    assert by_id(elements, "query-summary")["attrs"]["data-kind"] == "whole_photo"
+    assert "Item detection is unavailable" in by_id(elements, "query-note")["text"]
+    assert not by_class(elements, "static-box")
+    assert len(result_rows(response)) == len(ingested_catalog)
+
+    # Asking for the whole photo works the same way, and says why there are no boxes.
+    response = search(client, street_photo_bytes(), name="street.jpg", whole_photo="on")
+    assert response.status_code == 200
+    elements = parse(response)
+    assert by_id(elements, "query-summary")["attrs"]["data-kind"] == "whole_photo"
+    assert "unavailable" in by_id(elements, "query-note")["text"]
+    assert len(result_rows(response)) == len(ingested_catalog)

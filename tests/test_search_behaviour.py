@@ -16,24 +16,17 @@ from PIL import Image
 
 from tests.search_checks import assert_filter_is_applied_inside_the_vector_query
 from webapp.catalog import services as catalog_services
-from webapp.search import activation, registry
 from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import search_by_image, similar_products
-from webapp.search.versions import model_version_register
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "visnet-default"
 CATALOG_SIZE = 60
 
 
 @pytest.fixture
-def visnet_catalog(db, vector_store, fashion_items):
+def visnet_catalog(db, visnet_version, fashion_items):
     """The shipped VisNet active (activated on the empty catalog), then 60 Fashion-MNIST products ingested."""
-    version, _ = model_version_register(artifact_dir=SHIPPED_MODEL)
-    activation.model_version_activate(version=version, queue=False)
-    assert activation.catalog_reembed(version_id=version.pk) is True
-    registry.reset_active_version_cache()
-    assert registry.active_version(fresh=True).model_version == version.model_version
     products, image_ids = [], []
     for index, (content, label) in enumerate(fashion_items[:CATALOG_SIZE]):
         category = catalog_services.category_get_or_create(name=f"class-{label}")
@@ -44,9 +37,8 @@ def visnet_catalog(db, vector_store, fashion_items):
         products.append(product)
     report = search_services.images_ingest(image_ids=image_ids)
     assert len(report.ready) == CATALOG_SIZE, report
-    assert ModelVersion.objects.get(state="active").model_version == version.model_version
-    yield products
-    registry.reset_active_version_cache()
+    assert ModelVersion.objects.get(state="active").model_version == visnet_version.model_version
+    return products
 
 
 def street_crop(content: bytes, seed: int) -> bytes:

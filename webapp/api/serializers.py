@@ -244,7 +244,8 @@ class SearchByImageInputSerializer(VectorFilterInputSerializer):
     k = serializers.IntegerField(min_value=1, max_value=MAX_K, default=24, help_text="How many products to return.")
     box = BoxField(
         required=False,
-        help_text="Search this region instead of the best detected item: x1,y1,x2,y2 in pixels of the upright photo.",
+        help_text="Search this region instead of the best detected item: x1,y1,x2,y2 in pixels of the upright photo. "
+        "Sending back a detected box searches that item (query.kind detected, with its label).",
     )
     whole_photo = serializers.BooleanField(
         required=False, default=False, help_text="true: search the whole photo instead of the best detected item."

@@ -12,7 +12,7 @@ from webapp.catalog.images import ALLOWED_FORMATS, InvalidImage, make_thumbnail,
 from webapp.catalog.models import Category
 from webapp.search.vector_store import SearchFilters
 
-PREVIEW_SIZE = 160
+PREVIEW_SIZE = 320
 
 
 class VisualSearchForm(forms.Form):
@@ -40,6 +40,9 @@ class VisualSearchForm(forms.Form):
         widget=forms.NumberInput(attrs={"step": "0.01", "min": "0", "placeholder": "Any"}),
     )
     in_stock = forms.BooleanField(label="In stock only", required=False)
+    # Without JavaScript the page searches the most confident item; this asks for the whole photo instead.
+    # (With JavaScript the page has its own "Search the whole photo" button and hides this box.)
+    whole_photo = forms.BooleanField(label="Search the whole photo", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

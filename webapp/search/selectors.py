@@ -132,6 +132,9 @@ def checked_box(box: tuple[int, int, int, int], width: int, height: int) -> tupl
 
 def _choose(boxes: list[ItemBox], box: tuple[int, int, int, int] | None, whole_photo: bool, note: str) -> PhotoQuery:
     if box is not None:
+        picked = next((item for item in boxes if item.box == tuple(box)), None)
+        if picked is not None:  # the client sent back one of the detected boxes: search it as that item
+            return PhotoQuery(DETECTED, box=picked.box, index=picked.index, label=picked.label, note=note)
         return PhotoQuery(CLIENT, box=box, note=note)
     if whole_photo:
         return PhotoQuery(WHOLE_PHOTO, note=note)
