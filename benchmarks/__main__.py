@@ -76,6 +76,13 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
         help="celery --prefetch-multiplier (workers/start_worker.sh's CELERY_PREFETCH)",
     )
     parser.add_argument(
+        "--detector",
+        default="models/detector-default",
+        help="detector artifact (DETECTOR_ARTIFACT_DIR) for the localize worker; the default falls back, with a "
+        "warning, to the untrained tests/fixtures/tiny-detector while it does not exist",
+    )
+    parser.add_argument("--localize-torch-threads", type=int, default=None, help="TORCH_NUM_THREADS, localize worker")
+    parser.add_argument(
         "--fresh-gap", type=float, default=3.0, help="seconds between freshness trials so each finds the worker idle"
     )
     parser.add_argument(
@@ -196,6 +203,16 @@ def finish(ctx: Context, argv: list[str]) -> None:
     results_json = ctx.var_dir / "results.json"
     if args.only:
         results_json.write_text(json.dumps(r, default=str, indent=1))
+        if "search" in r:
+            from benchmarks.report import search_photo_section
+            from benchmarks.table import search_rows
+
+            r.setdefault("args_web_workers", args.web_workers)
+            print_table(search_rows(r))
+            section = ctx.var_dir / "search.md"
+            section.write_text("\n".join(search_photo_section(r)))
+            print("\n".join(search_photo_section(r)))
+            log(f"the search-by-photo section as the report renders it: {section}")
         log(f"partial run (--only {args.only}); raw numbers in {results_json}")
         return
     r["embedder"] = (

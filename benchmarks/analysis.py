@@ -124,15 +124,27 @@ def _similar_warm(r: dict) -> str:
 def _search(r: dict, calls: list[dict]) -> str:
     cores = r["machine"]["cores"]
     se = r["search"]
-    ss = cpu_shares(se["sequential"]["cpu"])
+    seq, con = se["sequential"], se["concurrent"]
+    ss = cpu_shares(seq["cpu"])
     search_ms = calls[-1]["calls"].get(SEARCH_CALL, {}).get("p50_ms") if calls else None
+    stages = seq.get("stages") or {}
+
+    def p50(name: str) -> str:
+        return fmt(stages.get(name, {}).get("p50"))
+
+    path = (
+        f"decode {p50('decode')} ms, localize {p50('localize')} ms (detect {p50('detect')} in the worker, queue "
+        f"{p50('queue')}), embed the crop {p50('embed')} ms, search {p50('search')} ms (p50 each)"
+        if "localize" in stages
+        else "one embedding on the web worker plus one Milvus search"
+    )
     return (
-        f"- **Search by photo** is one embedding on the web worker plus one Milvus search "
-        f"(~{fmt(search_ms, '.0f')} ms by itself at {calls[-1]['vectors'] if calls else 0:,} vectors): "
-        f"p50 {fmt(se['sequential']['p50'])} ms sequential "
-        f"(gunicorn {ss.get('gunicorn', 0):.2f} cores busy); concurrent requests queue for the same {cores} cores "
-        f"(p50 {fmt(se['concurrent']['p50'])} ms at c={se['concurrent']['concurrency']}). Each gunicorn worker holds "
-        f"its own copy of the model and torch threads per worker default to all cores, so concurrency "
+        f"- **Search by photo** is {path}; the Milvus search alone takes "
+        f"~{fmt(search_ms, '.0f')} ms at {calls[-1]['vectors'] if calls else 0:,} vectors: "
+        f"p50 {fmt(seq['p50'])} ms sequential (gunicorn {ss.get('gunicorn', 0):.2f} cores busy, localize worker "
+        f"{ss.get('localize worker', 0):.2f}); concurrent requests queue for the same {cores} cores and for the "
+        f"one localize worker (p50 {fmt(con['p50'])} ms at c={con['concurrency']}). Each gunicorn worker holds "
+        f"its own copy of the embedder and torch threads per process default to all cores, so concurrency "
         f"oversubscribes the CPU."
     )
 

@@ -25,9 +25,16 @@ def get_request(path: str, close: bool = False) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
 
 
-def multipart_request(path: str, field: str, filename: str, content: bytes, content_type: str) -> bytes:
+def multipart_request(
+    path: str, field: str, filename: str, content: bytes, content_type: str, fields: dict[str, str] | None = None
+) -> bytes:
+    """A multipart POST with one file and, optionally, plain form fields (e.g. whole_photo=true)."""
     boundary = uuid.uuid4().hex
-    body = (
+    plain = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in (fields or {}).items()
+    )
+    body = plain + (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
             f"Content-Type: {content_type}\r\n\r\n"
@@ -75,7 +82,7 @@ def http_call(port: int, raw: bytes, timeout: float = 30.0) -> tuple[int, bytes]
 # --------------------------------------------------------------------------------------------
 # The load-generator processes
 # --------------------------------------------------------------------------------------------
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool, dict[str, str]]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -98,9 +105,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
         body = b"".join(chunks)
     else:
         body = await reader.read()
-        return status, body, True
+        return status, body, True, headers
     keep = headers.get("connection", "").lower() != "close" and lines[0].startswith("HTTP/1.1")
-    return status, body, not keep
+    return status, body, not keep, headers
 
 
 def _count_error(out: dict, kind, sample: str | None = None) -> None:
@@ -110,7 +117,7 @@ def _count_error(out: dict, kind, sample: str | None = None) -> None:
         out["samples"].append(sample)
 
 
-async def _client(port, requests, next_index, deadline, out, timeout, check):
+async def _client(port, requests, next_index, deadline, out, timeout, check, header=None):
     reader = writer = None
     while time.monotonic() < deadline:
         index = next_index()
@@ -122,7 +129,7 @@ async def _client(port, requests, next_index, deadline, out, timeout, check):
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(raw)
-            status, body, closed = await asyncio.wait_for(_read_response(reader), timeout)
+            status, body, closed, headers = await asyncio.wait_for(_read_response(reader), timeout)
             elapsed = time.perf_counter() - start
             if closed:
                 writer.close()
@@ -130,6 +137,8 @@ async def _client(port, requests, next_index, deadline, out, timeout, check):
             if 200 <= status < 300 and (check is None or check(body)):
                 out["lat"].append(elapsed)
                 out["end"].append(time.perf_counter())
+                if header is not None:
+                    out["headers"].append(headers.get(header, ""))
             else:
                 _count_error(out, status, f"{status}: {body[:200]!r}")
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
@@ -148,9 +157,9 @@ def _json_has_results(body: bytes) -> bool:
         return False
 
 
-def _load_process(port, requests, order, connections, duration, timeout, validate, queue):
+def _load_process(port, requests, order, connections, duration, timeout, validate, queue, header=None):
     """One load-generator process: `connections` keep-alive connections share `order` (indexes into requests)."""
-    out = {"lat": [], "end": [], "errors": 0, "status": {}, "samples": []}
+    out = {"lat": [], "end": [], "errors": 0, "status": {}, "samples": [], "headers": []}
     position = [0]
     cycle = order is None
 
@@ -166,7 +175,9 @@ def _load_process(port, requests, order, connections, duration, timeout, validat
         deadline = time.monotonic() + duration
         await asyncio.gather(
             *[
-                _client(port, requests, next_index, deadline, out, timeout, _json_has_results if validate else None)
+                _client(
+                    port, requests, next_index, deadline, out, timeout, _json_has_results if validate else None, header
+                )
                 for _ in range(connections)
             ]
         )
@@ -200,6 +211,8 @@ def merge_load_results(results: list[dict], concurrency: int, procs: int) -> dic
         "elapsed_s": elapsed,
         "rps": len(latencies) / max(end - start, 1e-9) if latencies else 0.0,
         "latencies_s": latencies,
+        # One entry per latency, in the same order: the response header asked for (run_load's `header`).
+        "header_values": [h for r in results for h in r.get("headers", [])],
         "concurrency": concurrency,
         "procs": procs,
         "exhausted": any(r["exhausted"] for r in results),
@@ -218,11 +231,13 @@ def run_load(
     distinct: bool,
     timeout: float = 30.0,
     validate: bool = True,
+    header: str | None = None,
 ) -> dict:
     """Closed-loop load: `concurrency` connections over `procs` processes for `duration` seconds.
 
     distinct=True sends every request at most once (cold cache: distinct ids), in order;
     distinct=False picks requests at random from the list (repeat set).
+    header: a response header (lower case) kept for every successful request, in `header_values`.
     """
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
@@ -234,7 +249,7 @@ def run_load(
         process = ctx.Process(
             target=_load_process,
             daemon=True,
-            args=(port, requests, order, connections, duration, timeout, validate, queue),
+            args=(port, requests, order, connections, duration, timeout, validate, queue, header),
         )
         process.start()
         workers.append(process)
@@ -293,6 +308,7 @@ class KeepAlive:
         import http.client
 
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.last_headers: dict[str, str] = {}  # the last response's headers, names in lower case
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         import http.client
@@ -301,6 +317,7 @@ class KeepAlive:
             try:
                 self.conn.request(method, path, body=body, headers=headers or {})
                 response = self.conn.getresponse()
+                self.last_headers = {name.lower(): value for name, value in response.getheaders()}
                 return response.status, response.read()
             except (http.client.HTTPException, ConnectionError, OSError):
                 self.conn.close()

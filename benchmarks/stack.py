@@ -1,5 +1,6 @@
 """The product's processes, started the way the product starts them: Milvus Lite server, manage.py commands,
-one Celery worker (workers/start_worker.sh, app webapp.celery) and gunicorn, on free 127.0.0.1 ports."""
+one Celery worker for ingest,default and one for localize (workers/start_worker.sh, app webapp.celery) and gunicorn,
+on free 127.0.0.1 ports."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from benchmarks.harness import (
     ROOT,
@@ -26,6 +28,33 @@ from webapp.ports import free_port
 
 BENCH_ALIAS = "bench_active"
 BENCH_PREFIX = "bench"
+DEFAULT_DETECTOR = ROOT / "models" / "detector-default"
+FALLBACK_DETECTOR = ROOT / "tests" / "fixtures" / "tiny-detector"  # untrained: plumbing and timing only
+
+
+def resolve_detector(
+    requested: str | Path, default: Path = DEFAULT_DETECTOR, fallback: Path = FALLBACK_DETECTOR
+) -> tuple[Path, str | None]:
+    """(the detector artifact to serve, a warning when it is not the one asked for).
+
+    Only the default may fall back (to the untrained tiny fixture, while models/detector-default is being
+    trained); a directory given explicitly must exist.
+    """
+    path = Path(requested)
+    path = path if path.is_absolute() else ROOT / path
+    if path.is_dir():
+        return path, None
+    if path.resolve() == default.resolve() and fallback.is_dir():
+        return fallback, (
+            f"{default} does not exist: the localize worker serves the UNTRAINED fixture {fallback} "
+            f"(plumbing and timings only; its boxes mean nothing and a trained detector may be slower)"
+        )
+    raise BenchError(f"detector artifact {path} does not exist (--detector)")
+
+
+def needs_localize(args) -> bool:
+    """The localize worker is started only when the search phase runs."""
+    return not args.only or "search" in args.only.split(",")
 
 
 def prepare_dirs(ctx: Context) -> None:
@@ -99,35 +128,60 @@ def manage(ctx: Context, *argv: str, timeout: float = 600) -> str:
     return log_path.read_text(errors="replace")
 
 
-def start_worker(ctx: Context) -> None:
-    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default."""
-    log_path = ctx.logs / "worker.log"
-    env = dict(
-        ctx.env,
-        CELERY=str(VENV_BIN / "celery"),
-        CELERY_CONCURRENCY="1",
-        CELERY_PREFETCH=str(ctx.args.worker_prefetch),
-        CELERY_LOGLEVEL="INFO",
-    )
-    if ctx.args.worker_torch_threads:
-        env["TORCH_NUM_THREADS"] = str(ctx.args.worker_torch_threads)
+def _start_celery(ctx: Context, name: str, queues: str, node: str, log_name: str, env: dict) -> None:
+    """One worker process of the product's Celery app (workers/start_worker.sh), concurrency 1; waits for ready."""
+    log_path = ctx.logs / log_name
+    env = dict(ctx.env, CELERY=str(VENV_BIN / "celery"), CELERY_CONCURRENCY="1", CELERY_LOGLEVEL="INFO", **env)
     argv = [
         str(ROOT / "workers" / "start_worker.sh"),
-        "ingest,default",
+        queues,
         "--without-heartbeat",
         "--without-gossip",
         "--without-mingle",
         "-n",
-        f"bench-{uuid.uuid4().hex[:6]}@%h",
+        f"{node}-{uuid.uuid4().hex[:6]}@%h",
     ]
-    process = ctx.stack.start("celery worker", argv, env, log_path)
+    process = ctx.stack.start(name, argv, env, log_path)
     deadline = time.monotonic() + 90
     while "ready." not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"worker did not start:\n{tail(log_path)}")
+            raise BenchError(f"{name} did not start:\n{tail(log_path)}")
         time.sleep(0.2)
-    ctx.sessions["celery worker"] = process.pid
-    log(f"Celery worker ready (concurrency 1, pid {process.pid})")
+    ctx.sessions[name] = process.pid
+    log(f"{name} ready (queues {queues}, concurrency 1, pid {process.pid}, log {log_path.name})")
+
+
+def start_worker(ctx: Context) -> None:
+    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default."""
+    env = {"CELERY_PREFETCH": str(ctx.args.worker_prefetch)}
+    if ctx.args.worker_torch_threads:
+        env["TORCH_NUM_THREADS"] = str(ctx.args.worker_torch_threads)
+    _start_celery(ctx, "celery worker", "ingest,default", "bench", "worker.log", env)
+
+
+def start_localize_worker(ctx: Context) -> None:
+    """ONE worker on the `localize` queue, as scripts/run.sh starts it (prefetch 1, its own log); it loads the
+    detector (DETECTOR_ARTIFACT_DIR, in ctx.env) on its first task."""
+    env = {"CELERY_PREFETCH": "1"}
+    if ctx.args.localize_torch_threads:
+        env["TORCH_NUM_THREADS"] = str(ctx.args.localize_torch_threads)
+    _start_celery(ctx, "localize worker", "localize", "localize", "localize.log", env)
+
+
+def use_detector(ctx: Context) -> None:
+    """Resolve --detector, pass it to every process (DETECTOR_ARTIFACT_DIR) and record which one served."""
+    path, warning = resolve_detector(ctx.args.detector)
+    if warning:
+        log(f"WARNING: {warning}")
+        ctx.note(warning)
+    version_file = path / "model_version"
+    ctx.env["DETECTOR_ARTIFACT_DIR"] = str(path)
+    ctx.results["detector"] = {
+        "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "model_version": version_file.read_text().strip() if version_file.exists() else None,
+        "fallback": warning is not None,
+    }
+    log(f"detector artifact: {ctx.results['detector']['path']} ({ctx.results['detector']['model_version']})")
 
 
 def start_web(ctx: Context) -> None:
@@ -172,14 +226,18 @@ def setup_django(ctx: Context) -> None:
 
 
 def start_stack(ctx: Context) -> None:
-    """Milvus, the database (migrate + the default model version, as `make run` does), worker and web."""
+    """Milvus, the database (migrate + the default model version, as `make run` does), workers and web."""
     start_milvus(ctx)
     ctx.env = make_env(ctx)
+    if needs_localize(ctx.args):
+        use_detector(ctx)
     log("migrate ...")
     manage(ctx, "migrate", "--noinput")
     manage(ctx, "ensure_default_model")
     setup_django(ctx)
     start_worker(ctx)
+    if needs_localize(ctx.args):
+        start_localize_worker(ctx)
     start_web(ctx)
 
 
