@@ -139,3 +139,14 @@ def test_tiny_huge_and_panorama_photos_are_searched(client, quick_timeout, size)
     response = client.post("/api/search/", {"image": upload(street_photo(size)), "box": f"0,0,{size[0]},{size[1]}"})
     assert response.status_code == 200, response.content
     assert response.json()["image"] == {"width": size[0], "height": size[1]}
+
+
+@pytest.mark.django_db
+def test_openapi_documents_detect_and_the_boxes_of_a_photo_search(client):
+    schema = client.get("/api/schema/?format=json").json()
+    assert "/api/detect/" in schema["paths"] and "503" in schema["paths"]["/api/search/"]["post"]["responses"]
+    components = schema["components"]["schemas"]
+    assert {"image", "boxes", "query", "results"} <= set(components["PhotoSearchResults"]["properties"])
+    assert {"index", "label", "score", "box"} <= set(components["ItemBox"]["properties"])
+    search_form = components["SearchByImage"]["properties"]
+    assert {"box", "whole_photo"} <= set(search_form)
