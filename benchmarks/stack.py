@@ -128,7 +128,9 @@ def manage(ctx: Context, *argv: str, timeout: float = 600) -> str:
     return log_path.read_text(errors="replace")
 
 
-def _start_celery(ctx: Context, name: str, queues: str, node: str, log_name: str, env: dict) -> None:
+def _start_celery(
+    ctx: Context, name: str, queues: str, node: str, log_name: str, env: dict, extra: tuple[str, ...] = ()
+) -> None:
     """One worker process of the product's Celery app (workers/start_worker.sh), concurrency 1; waits for ready."""
     log_path = ctx.logs / log_name
     env = dict(ctx.env, CELERY=str(VENV_BIN / "celery"), CELERY_CONCURRENCY="1", CELERY_LOGLEVEL="INFO", **env)
@@ -140,6 +142,7 @@ def _start_celery(ctx: Context, name: str, queues: str, node: str, log_name: str
         "--without-mingle",
         "-n",
         f"{node}-{uuid.uuid4().hex[:6]}@%h",
+        *extra,
     ]
     process = ctx.stack.start(name, argv, env, log_path)
     deadline = time.monotonic() + 90
@@ -160,12 +163,11 @@ def start_worker(ctx: Context) -> None:
 
 
 def start_localize_worker(ctx: Context) -> None:
-    """ONE worker on the `localize` queue, as scripts/run.sh starts it (prefetch 1, its own log); it loads the
-    detector (DETECTOR_ARTIFACT_DIR, in ctx.env) on its first task."""
-    env = {"CELERY_PREFETCH": "1"}
-    if ctx.args.localize_torch_threads:
-        env["TORCH_NUM_THREADS"] = str(ctx.args.localize_torch_threads)
-    _start_celery(ctx, "localize worker", "localize", "localize", "localize.log", env)
+    """ONE worker on the `localize` queue, as scripts/run.sh starts it (solo pool, prefetch 1, one torch thread
+    unless --localize-torch-threads says otherwise, its own log); it loads the detector (DETECTOR_ARTIFACT_DIR,
+    in ctx.env) on its first task."""
+    env = {"CELERY_PREFETCH": "1", "TORCH_NUM_THREADS": str(ctx.args.localize_torch_threads or 1)}
+    _start_celery(ctx, "localize worker", "localize", "localize", "localize.log", env, extra=("--pool", "solo"))
 
 
 def use_detector(ctx: Context) -> None:

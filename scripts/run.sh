@@ -24,8 +24,11 @@ fi
 
 workers/start_worker.sh ingest,default >"$VAR_DIR/log/worker.log" 2>&1 &
 pids+=($!)
-# Localization has its own worker so a shopper's photo never waits behind a catalog import.
-CELERY_PREFETCH=1 workers/start_worker.sh localize -n "localize@%h" >"$VAR_DIR/log/localize.log" 2>&1 &
+# Localization has its own worker so a shopper's photo never waits behind a catalog import. The solo pool runs
+# the detector in the consuming process: a prefork child acks through the parent's 2 s loop, which held each
+# photo about 2 s on the filesystem broker (solo: about 50 ms); one torch thread keeps it from fighting the web.
+TORCH_NUM_THREADS=${LOCALIZE_TORCH_THREADS:-1} CELERY_PREFETCH=1 workers/start_worker.sh localize -P solo \
+  -n "localize@%h" >"$VAR_DIR/log/localize.log" 2>&1 &
 pids+=($!)
 echo "workers: Celery ingest,default and localize (broker ${CELERY_BROKER_URL:-filesystem://}), logs in $VAR_DIR/log/"
 

@@ -139,7 +139,13 @@ class WorkerProcess:
 
 
 def start_worker(
-    tmp_path: Path, milvus_uri: str, milvus_names: dict, broker_url: str, extra_env=None, queues: str = "ingest,default"
+    tmp_path: Path,
+    milvus_uri: str,
+    milvus_names: dict,
+    broker_url: str,
+    extra_env=None,
+    queues: str = "ingest,default",
+    pool: str = "prefork",
 ) -> WorkerProcess:
     from django.conf import settings
 
@@ -166,6 +172,8 @@ def start_worker(
                 "worker",
                 "-Q",
                 queues,
+                "--pool",
+                pool,
                 "--concurrency",
                 "1",
                 "--prefetch-multiplier",
@@ -220,7 +228,9 @@ def localize_worker(tmp_path, milvus_uri, milvus_names, transactional_db):
 
     app.set_current()
     app.set_default()
-    worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL, queues="localize")
+    worker = start_worker(
+        tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL, queues="localize", pool="solo"
+    )
     yield worker
     stop_worker(worker)
 

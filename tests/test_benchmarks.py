@@ -12,8 +12,10 @@ from benchmarks.__main__ import parse_args
 from benchmarks.harness import cpu_shares, latency_stats, percentile
 from benchmarks.ingest import worker_task_timeline
 from benchmarks.loadgen import decode_chunked, merge_load_results
-from benchmarks.report import report_markdown
-from benchmarks.table import fmt, markdown_table, met, render_table, table_rows
+from benchmarks.report import queue_paragraph, report_markdown, search_photo_section
+from benchmarks.search import parse_server_timing, request_stages, stage_stats, street_photo
+from benchmarks.stack import needs_localize, resolve_detector
+from benchmarks.table import fmt, markdown_table, met, render_table, search_stage_table, stage_summary, table_rows
 
 
 # Statistics ----------------------------------------------------------------------------------
@@ -104,6 +106,111 @@ def test_worker_task_timeline_pairs_received_and_succeeded():
     assert tasks[1]["wait_s"] == pytest.approx(0.5)  # idle between the first's end and the second's arrival
     assert tasks[1]["received"] - tasks[0]["received"] == pytest.approx(2.0)
     assert worker_task_timeline("") == []
+
+
+# Server-Timing and the per-stage statistics -----------------------------------------------------
+def test_parse_server_timing_reads_every_stage_the_api_sends():
+    header = "decode;dur=12.5, localize;dur=80.25, detect;dur=20, embed;dur=40.0, search;dur=9.75"
+    assert parse_server_timing(header) == {
+        "decode": 12.5,
+        "localize": 80.25,
+        "detect": 20.0,
+        "embed": 40.0,
+        "search": 9.75,
+    }
+
+
+def test_parse_server_timing_follows_the_spec_edge_cases():
+    header = 'db;desc="a, b; c";dur=3.5, cache;desc=hit, app ; DUR = 7 ;dur=9, db;dur=99, bad;dur=x, ;dur=1'
+    # desc may hold commas and semicolons in quotes; no dur -> left out; the first dur and the first name count
+    assert parse_server_timing(header) == {"db": 3.5, "app": 7.0}
+    assert parse_server_timing("") == {}
+    assert parse_server_timing(None) == {}
+
+
+def test_request_stages_derive_queue_server_and_http():
+    stages = request_stages({"decode": 10.0, "localize": 80.0, "detect": 20.0, "embed": 40.0, "search": 10.0}, 150.0)
+    assert stages["queue"] == pytest.approx(60.0)  # localize - detect: what the queue costs
+    assert stages["server"] == pytest.approx(140.0)  # detect is inside localize, not added again
+    assert stages["http"] == pytest.approx(10.0)
+    assert stages["total"] == 150.0
+    # a clean product shot skips localization: no localize, detect or queue
+    shot = request_stages({"decode": 5.0, "embed": 30.0, "search": 5.0}, 50.0)
+    assert "queue" not in shot and "localize" not in shot
+    assert shot["server"] == pytest.approx(40.0) and shot["http"] == pytest.approx(10.0)
+    # no header at all: only the client's total
+    assert request_stages({}, 42.0) == {"total": 42.0}
+
+
+def test_stage_stats_per_stage_percentiles_in_request_order():
+    requests = [
+        request_stages({"decode": d, "localize": loc, "detect": det, "embed": 40.0, "search": 10.0}, total)
+        for d, loc, det, total in ((10.0, 50.0, 20.0, 120.0), (20.0, 70.0, 30.0, 150.0), (30.0, 90.0, 40.0, 200.0))
+    ] + [request_stages({"decode": 40.0, "embed": 40.0, "search": 10.0}, 100.0)]  # a product shot
+    stats = stage_stats(requests)
+    assert list(stats) == ["decode", "localize", "detect", "embed", "search", "queue", "server", "http", "total"]
+    assert stats["decode"] == {"n": 4, "p50": pytest.approx(25.0), "p99": pytest.approx(39.7), "mean": 25.0}
+    assert stats["localize"]["n"] == 3  # only the localized requests count
+    assert stats["localize"]["p50"] == pytest.approx(70.0)
+    assert stats["queue"]["p50"] == pytest.approx(40.0)  # 30, 40, 50
+    assert stats["queue"]["p99"] == pytest.approx(49.8)
+    assert stats["total"]["p50"] == pytest.approx(135.0)
+    assert stats["http"]["mean"] == pytest.approx(
+        (10.0 + 10.0 + 30.0 + 10.0) / 4
+    )  # total - (decode + localize + embed + search)
+    assert stage_stats([]) == {}
+    assert list(stage_stats([{"total": 1.0, "zeta": 2.0}])) == ["total", "zeta"]  # unknown stages last
+
+
+def test_stage_summary_and_breakdown_table():
+    stats = stage_stats(
+        [request_stages({"decode": 10.0, "localize": 80.0, "detect": 20.0, "embed": 40.0, "search": 10.0}, 150.0)]
+    )
+    assert stage_summary(stats) == (
+        "p50/p99 ms: decode 10/10, localize 80/80 (detect 20/20 + queue 60/60), embed 40/40, search 10/10, http 10/10"
+    )
+    assert stage_summary({}) == "no Server-Timing"
+    table = search_stage_table({"sequential": {"stages": stats, "ok": 1, "errors": 0, "concurrency": 1}})
+    assert table[0] == "| stage (ms) | localized, c=1 p50 | localized, c=1 p99 |"
+    assert "| · queue (localize − detect) | 60.0 | 60.0 |" in table
+    assert table[-2] == "| **total: upload → results (client)** | 150.0 | 150.0 |"
+    assert table[-1] == "| requests | 1 | (0 errors) |"
+
+
+def test_street_photo_is_a_one_megapixel_jpeg_with_the_items_where_it_says():
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    item = np.zeros((28, 28), dtype=np.uint8)
+    item[4:24, 8:20] = 255
+    content, boxes = street_photo([item, item, item], random.Random(3))
+    photo = Image.open(io.BytesIO(content))
+    assert photo.format == "JPEG" and photo.size == (1152, 864)
+    assert len(boxes) == 3
+    for x1, y1, x2, y2 in boxes:
+        assert 200 <= x2 - x1 == y2 - y1 <= 400
+        assert x1 >= 0 and x2 <= 1152 and y1 >= 0 and y2 <= 864
+
+
+# The stack ------------------------------------------------------------------------------------
+def test_resolve_detector_falls_back_only_from_the_default(tmp_path):
+    default, fallback, other = tmp_path / "detector-default", tmp_path / "tiny", tmp_path / "mine"
+    fallback.mkdir()
+    path, warning = resolve_detector(default, default, fallback)
+    assert path == fallback and "does not exist" in warning and "UNTRAINED" in warning
+    default.mkdir()
+    assert resolve_detector(default, default, fallback) == (default, None)
+    with pytest.raises(Exception, match="does not exist"):
+        resolve_detector(other, default, fallback)  # an explicit --detector never falls back
+
+
+def test_the_localize_worker_starts_only_when_search_runs():
+    assert needs_localize(parse_args([]))
+    assert needs_localize(parse_args(["--only", "similar,search"]))
+    assert not needs_localize(parse_args(["--only", "similar"]))
 
 
 # Arguments ------------------------------------------------------------------------------------
@@ -228,11 +335,25 @@ def _results() -> dict:
             "cold_pool": 4300,
         },
         "search": {
-            "sequential": _load(30, 8.8, 106.0, 177.0, concurrency=1) | {"category_precision_at_10": 0.5},
-            "concurrent": _load(30, 13.8, 264.6, 666.1, errors=1, concurrency=4),
-            "image_bytes_avg": 40960,
+            "sequential": _load(30, 8.8, 206.0, 377.0, concurrency=1)
+            | {"category_precision_at_10": 0.5, "stages": _stages(), "query_kinds": {"detected": 28, "whole_photo": 2}},
+            "concurrent": _load(30, 13.8, 264.6, 666.1, errors=1, concurrency=4) | {"stages": _stages(2.0)},
+            "whole_sequential": _load(30, 9.0, 150.0, 300.0, concurrency=1) | {"stages": _stages()},
+            "whole_concurrent": _load(30, 14.0, 240.0, 500.0, concurrency=4) | {"stages": _stages(2.0)},
+            "image_bytes_avg": 153600,
+            "photo": {"width": 1152, "height": 864, "quality": 88, "items": [1, 3], "item_pixels": [200, 400]},
+            "detector": {"path": "tests/fixtures/tiny-detector", "model_version": "tiny-1", "fallback": True},
+            "encode_for_worker": {"p50_ms": 6.0, "payload_bytes_avg": 40000},
+            "broker": {"url": "filesystem://", "polling_interval_s": 0.05, "result_backend": "file"},
         },
     }
+
+
+def _stages(scale: float = 1.0) -> dict:
+    """Per-stage stats as stage_stats() makes them: p50 = the value, p99 = twice it."""
+    values = {"decode": 15.0, "localize": 70.0, "detect": 20.0, "queue": 50.0, "embed": 60.0, "search": 40.0}
+    values |= {"server": 185.0, "http": 21.0, "total": 206.0}
+    return {k: {"n": 30, "p50": v * scale, "p99": 2 * v * scale, "mean": v * scale} for k, v in values.items()}
 
 
 def test_fmt_and_met():
@@ -253,8 +374,12 @@ def test_table_rows_apply_the_targets():
         "Milvus upsert+flush, 32 rows (after ingest)",
         "GET similar, cold (cache miss)",
         "GET similar, warm (cached)",
-        "POST search, sequential",
-        "POST search, concurrent",
+        "POST search, localized, sequential",
+        "  stages, localized, c=1",
+        "POST search, localized, concurrent",
+        "  stages, localized, c=4",
+        "POST search, whole_photo=true, sequential",
+        "POST search, whole_photo=true, concurrent",
     ]
     assert rows["Ingest (1 worker, concurrency 1)"][2] == "41.5 img/s steady, 15.0 img/s end-to-end"
     assert rows["Ingest (1 worker, concurrency 1)"][4] == "**met**"
@@ -271,14 +396,20 @@ def test_table_rows_apply_the_targets():
     assert cold[3] == "≥ 2,000 req/s, p99 ≤ 100 ms"
     assert cold[4] == "**not met**"
     assert rows["GET similar, warm (cached)"][4] == "**met**"
-    assert rows["POST search, sequential"][1] == "30 req, c=1"
-    assert rows["POST search, sequential"][3:] == ["p50 ≤ 250 ms", "**met**"]
-    assert rows["POST search, concurrent"][1:] == [
-        "30 req, c=4",
+    sequential = rows["POST search, localized, sequential"]
+    assert sequential[1] == "30 req, c=1, 1152×864 JPEG"
+    assert sequential[3:] == ["p50 ≤ 250 ms, p99 ≤ 600 ms", "**met**"]
+    assert rows["  stages, localized, c=1"][2] == (
+        "p50/p99 ms: decode 15/30, localize 70/140 (detect 20/40 + queue 50/100), embed 60/120, search 40/80, "
+        "http 21/42"
+    )
+    assert rows["POST search, localized, concurrent"][1:] == [
+        "30 req, c=4, 1152×864 JPEG",
         "13.8 req/s; p50 264.6 / p99 666.1 ms; 1 errors",
-        "-",
-        "-",
+        "p50 ≤ 250 ms, p99 ≤ 600 ms",
+        "**not met**",  # p50 264.6 > 250, p99 666.1 > 600 and an error
     ]
+    assert rows["POST search, whole_photo=true, sequential"][3:] == ["-", "-"]  # the comparison row, no target
 
 
 def test_render_table_aligns_columns_without_markdown():
@@ -305,6 +436,7 @@ def test_report_markdown_has_every_section():
         "## Machine",
         "## Results",
         "## Catalog and requests",
+        "## Search by photo with localization",
         "## Milvus calls behind one similar-products cache miss",
         "## CPU by process during each run",
         "## What limits us",
@@ -314,7 +446,31 @@ def test_report_markdown_has_every_section():
         assert f"\n{heading}\n" in text
     assert "| Ingest (1 worker, concurrency 1) | 300 images | 41.5 img/s steady" in text
     assert "| query by product_id (rows_for_product) | 5.0 | 5.0 |" in text
-    assert "| ingest | 20 | 80% | 0.40 | 0.20 | 0.10 | 0.05 | 0.03 | 0.03 |" in text
+    assert "| ingest | 20 | 80% | 0.40 | 0.00 | 0.20 | 0.10 | 0.05 | 0.03 | 0.03 |" in text
+    assert "| · detect (the detector, in the worker) | 20.0 | 40.0 | 40.0 | 80.0 | 20.0 | 40.0 | 40.0 | 80.0 |" in text
+    assert "sequential p50 206.0 / p99 377.0 ms **met**; at c=4 p50 264.6 / p99 666.1 ms **not met**." in text
+    assert "`tests/fixtures/tiny-detector` (tiny-1) — the UNTRAINED tiny fixture" in text
     assert "one similar-products miss costs about 12 ms of it: at most ~83 misses/s" in text
-    assert "Sanity check: 50% of the top-10 results share the query item's category." in text
+    assert "Sanity check: 50% of the top-10 results share the category of an item in the photo." in text
+    assert "30 1152×864 JPEGs (~150 KB, quality 88) made of 1–3 ingested Fashion-MNIST items (200–400 px)" in text
     assert text.endswith("setup 30 s, ingest 60 s, total 180 s\n")
+
+
+def test_queue_paragraph_says_whether_the_worker_pays_for_itself():
+    se = _results()["search"]
+    text = queue_paragraph(se, 4)
+    assert "the queue costs p50 50.0 ms (p99 100.0), 24% of the whole request" in text
+    assert "the filesystem broker's hop to the worker (polling interval 50 ms)" in text
+    slow_broker = se | {"sequential": se["sequential"] | {"stages": _stages() | {"queue": {"p50": 1600.0, "p99": 1.0}}}}
+    assert "the worker's consume loop, not the polling, sets it" in queue_paragraph(slow_broker, 4)
+    redis = se | {"broker": {"url": "redis://127.0.0.1:6379/13", "polling_interval_s": None}}
+    assert "the broker hop (redis)" in queue_paragraph(redis, 4)
+    assert "does not pay for itself" in text and "2.5×" in text  # queue 50 ms > detect 20 ms
+    assert "total p50 at about 156 ms instead of 206 ms" in text and "each of the 4 gunicorn workers" in text
+    slow_detector = se | {"sequential": se["sequential"] | {"stages": _stages() | {"detect": {"p50": 120.0}}}}
+    assert "The detector's own time dominates: the queue adds 50.0 ms (24% of the request)" in queue_paragraph(
+        slow_detector, 4
+    )
+    unlocalized = se | {"sequential": se["sequential"] | {"stages": {"total": {"p50": 1.0}}}}
+    assert "no request was localized" in queue_paragraph(unlocalized, 4)
+    assert search_photo_section({"search": se | {"sequential": se["sequential"] | {"stages": {}}}}) == []
