@@ -332,7 +332,8 @@ def check_two_box_search(browser, live_server, street_catalog, tmp_path, screens
     assert [b.get_attribute("aria-pressed") for b in boxes] == ["false", "true"]
     assert "is-selected" in boxes[1].get_attribute("class").split()
     summary = browser.find_element(CSS, "#query-summary")
-    assert summary.get_attribute("data-kind") == "client"  # the API searched exactly the box the page sent
+    # The page sent the second box back: the API searched it as that detected item.
+    assert summary.get_attribute("data-kind") == "detected" and summary.get_attribute("data-index") == "1"
     assert labels[1].split(",")[0] in summary.text
     second = result_ids(browser)
     assert second and second != first

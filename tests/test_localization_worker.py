@@ -108,7 +108,9 @@ def test_each_item_picked_in_a_two_item_street_photo_finds_its_own_product(
             picked += 1
             box = ",".join(str(v) for v in matches[0]["box"])
             answer = post_photo(client, content, box=box).json()
-            assert answer["query"]["kind"] == "client" and answer["query"]["box"] == matches[0]["box"]
+            # A detected box sent back is searched as that item.
+            assert answer["query"]["kind"] == "detected" and answer["query"]["index"] == matches[0]["index"]
+            assert answer["query"]["box"] == matches[0]["box"]
             top = [r["product"]["id"] for r in answer["results"]]
             found += street_catalog[item.shop_index].pk in top
     assert picked >= 6, f"the detector boxed {picked} of 8 items"

@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 
-def context_box(
-    box: Sequence[float], image_size: tuple[int, int], context: float = 0.1
-) -> tuple[int, int, int, int]:
+def context_box(box: Sequence[float], image_size: tuple[int, int], context: float = 0.1) -> tuple[int, int, int, int]:
     """Integer crop box (left, top, right, bottom) for `box` (x1, y1, x2, y2, floats allowed) in an image of
     `image_size` (width, height): side = max(w, h) * (1 + 2 * context) capped by the image, centred on the box
     and shifted to lie inside the image. Matches ml.data.street2shop.crop_box(square=True) for integer boxes."""

@@ -53,7 +53,7 @@ def detect_items(picture: Image.Image) -> list[ItemBox]:
     except (ArtifactInvalid, FileNotFoundError) as exc:
         raise LocalizationUnavailable(f"no detector is installed ({exc})") from exc
     found = detector.detect(picture, min_score=settings.DETECTOR_MIN_SCORE, max_items=settings.DETECTOR_MAX_ITEMS)
-    boxes = []
+    boxes: list[ItemBox] = []
     for detection in found:
         x1, y1, x2, y2 = (round(v) for v in detection.box)
         if x2 > x1 and y2 > y1:
@@ -75,7 +75,7 @@ def decode_from_web(payload: str) -> Image.Image:
 
 
 def _rescale(boxes: list[dict], scale: float, width: int, height: int) -> list[ItemBox]:
-    items = []
+    items: list[ItemBox] = []
     for raw in boxes:
         x1, y1, x2, y2 = raw["box"]
         box = (
