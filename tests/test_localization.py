@@ -150,3 +150,29 @@ def test_openapi_documents_detect_and_the_boxes_of_a_photo_search(client):
     assert {"index", "label", "score", "box"} <= set(components["ItemBox"]["properties"])
     search_form = components["SearchByImage"]["properties"]
     assert {"box", "whole_photo"} <= set(search_form)
+
+
+def test_an_item_is_embedded_as_the_mean_of_its_crops_and_a_whole_image_as_itself():
+    from ml.detection.crops import embed_items, item_crops
+    from tests.fakes import PixelEmbedder
+
+    embedder = PixelEmbedder("pixels")
+    photo = Image.open(io.BytesIO(street_photo((320, 240))))
+    crops = item_crops(photo, (40, 30, 140, 200), (0.05, 0.1))
+    assert [crop.size for crop in crops] == [(187, 187), (204, 204)]  # square, grown by 5% and 10% of the side
+    vectors = embed_items(embedder, [crops, item_crops(photo, None, (0.05, 0.1))])
+    expected = embedder.embed(crops).sum(axis=0)
+    assert np.allclose(vectors[0], expected / np.linalg.norm(expected), atol=1e-6)
+    assert np.allclose(vectors[1], embedder.embed_one(photo), atol=1e-6)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_loading_the_detector_leaves_pillow_refusing_a_non_image_as_before():
+    """ultralytics patches PIL.Image.open to pip-install a HEIF plugin on an unknown file; the detector undoes it."""
+    from PIL import UnidentifiedImageError
+
+    from ml.detection.detector import load_detector
+
+    load_detector("tests/fixtures/tiny-detector", device="cpu")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"not an image at all"))

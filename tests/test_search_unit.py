@@ -148,3 +148,30 @@ def test_a_stored_image_damaged_on_disk_is_marked_failed_with_its_reason(fake_se
     image.refresh_from_db()
     assert image.pk in report.failed and image.status == ProductImage.Status.FAILED and image.error
     assert fake_search.store.count() == 0
+
+
+def test_a_catalog_scene_stores_its_main_items_box_and_a_product_shot_stays_whole(fake_search, fashion_items):
+    """The shipped detector runs in the ingesting process on a street photo of the benchmark's test split."""
+    from ml.data.street2shop import build_benchmark
+
+    benchmark = build_benchmark(size="tiny", seed=0, progress=False)
+    item = benchmark.queries("test")[0]
+    buffer = io.BytesIO()
+    benchmark.street_photo(item.photo_index).save(buffer, format="JPEG", quality=92)
+    scene = catalog_services.product_image_create(product=make_product("scene"), content=buffer.getvalue())
+    shot = catalog_services.product_image_create(product=make_product("shot"), content=fashion_items[0][0])
+    search_services.images_ingest(image_ids=[scene.pk, shot.pk])
+    scene.refresh_from_db()
+    shot.refresh_from_db()
+    assert shot.status == scene.status == ProductImage.Status.READY
+    assert shot.item_box is None
+    truths = [i.box for i in benchmark.items if i.photo_index == item.photo_index]
+    x1, y1, x2, y2 = scene.item_box
+    assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 320
+    assert max(_iou(scene.item_box, truth) for truth in truths) >= 0.5, (scene.item_box, truths)
+    assert fake_search.store.count() == 2
+
+
+def _iou(a, b) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

@@ -147,8 +147,9 @@ DETECTOR_DEVICE = os.environ.get("DETECTOR_DEVICE", "auto")
 DETECTOR_MIN_SCORE = float(os.environ.get("DETECTOR_MIN_SCORE", "0.25"))
 DETECTOR_MAX_ITEMS = env_int("DETECTOR_MAX_ITEMS", 10)
 LOCALIZE_TIMEOUT_SECONDS = float(os.environ.get("LOCALIZE_TIMEOUT_SECONDS", "10"))
-# Context kept around a box when it is cropped for the embedder (a fraction of the box side).
-CROP_CONTEXT = float(os.environ.get("CROP_CONTEXT", "0.1"))
+# Context kept around a box when it is cropped for the embedder (fractions of the box side): one vector per item,
+# the mean of its crops' embeddings. Chosen on val (docs/localization.md): the mean of the 5% and 10% crops.
+CROP_CONTEXTS = tuple(float(c) for c in os.environ.get("CROP_CONTEXTS", "0.05,0.1").split(","))
 # How the detected class shapes the vector query when the shopper chose no category: "off", "filter" (a row
 # filter inside the query) or "boost" (same-category hits ranked up by CATEGORY_BOOST).
 DETECTED_CATEGORY_MODE = os.environ.get("DETECTED_CATEGORY_MODE", "off")

@@ -47,4 +47,17 @@ def configure_offline() -> Path:
     wanted.update({name: False for name in _INTEGRATIONS if name in SETTINGS})
     if any(SETTINGS.get(key) != value for key, value in wanted.items()):
         SETTINGS.update({key: value for key, value in wanted.items() if key in SETTINGS})
+    restore_pillow_open()
     return home
+
+
+def restore_pillow_open() -> None:
+    """Undo ultralytics' patch of PIL.Image.open: on a file Pillow cannot identify, the patch tries to pip-install
+    pi-heif (a download) and raises ModuleNotFoundError instead of UnidentifiedImageError, which would turn a bad
+    upload in a worker that loaded the detector into a crash instead of a clear refusal."""
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original

@@ -18,12 +18,13 @@ from django.db import OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ml.detection.crops import embed_items
 from webapp.catalog.images import InvalidImage, open_stored_image
 from webapp.catalog.models import ProductImage
 from webapp.search import dispatch, registry
 from webapp.search.embedders import Embedder
 from webapp.search.models import ModelVersion
-from webapp.search.services import item_picture, vector_row
+from webapp.search.services import item_pictures, vector_row
 from webapp.search.vector_store import VectorStoreUnavailable
 from webapp.search.versions import default_version_ensure
 
@@ -96,12 +97,12 @@ def _embed_into(embedder: Embedder, version: ModelVersion, images: list[ProductI
     loaded = []
     for image in images:
         try:
-            loaded.append((image, item_picture(open_stored_image(image.image), image.item_box)))
+            loaded.append((image, item_pictures(open_stored_image(image.image), image.item_box)))
         except (InvalidImage, FileNotFoundError, OSError) as exc:
             logger.warning("re-embed %s: skipping image %s (%s)", version.model_version, image.pk, exc)
     if not loaded:
         return []
-    vectors = embedder.embed([picture for _, picture in loaded])
+    vectors = embed_items(embedder, [pictures for _, pictures in loaded])
     rows = [
         vector_row(image, vector, version.model_version) for (image, _), vector in zip(loaded, vectors, strict=True)
     ]

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 from PIL import Image
 
-from ml.detection.crops import crop_with_context
+from ml.detection.crops import embed_items, item_crops
 from webapp.catalog.images import looks_like_product_shot, open_normalised, validate_image_bytes
 from webapp.catalog.models import Category, Product
 from webapp.search import registry
@@ -182,8 +182,8 @@ def search_by_photo(
     version = registry.active_version()
     if version is None:
         return PhotoSearch(picture.width, picture.height, boxes, query, [], clock.timings_ms)
-    crop = picture if query.box is None else crop_with_context(picture, query.box, settings.CROP_CONTEXT)
-    vector = registry.embedder_for(version).embed_one(crop)
+    crops = item_crops(picture, query.box, settings.CROP_CONTEXTS)
+    vector = embed_items(registry.embedder_for(version), [crops])[0]
     clock.lap("embed")
     results = _search_vector(version, vector, k, filters, query.label)
     clock.lap("search")

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from ml.detection.crops import crop_with_context
+from ml.detection.crops import embed_items, item_crops
 from webapp.catalog.images import InvalidImage, looks_like_product_shot, make_thumbnail, open_stored_image
 from webapp.catalog.models import Product, ProductImage
 from webapp.search import registry
@@ -43,7 +43,7 @@ def vector_row(image: ProductImage, vector, model_version: str) -> dict:
     }
 
 
-def _prepare(images: list[ProductImage], report: IngestReport) -> list[tuple[ProductImage, Image.Image, bytes]]:
+def _prepare(images: list[ProductImage], report: IngestReport) -> list[tuple[ProductImage, list[Image.Image], bytes]]:
     """Decode each stored image (validated again: the file may have changed on disk), thumbnail the whole image,
     and choose what is embedded: the main item of a scene, the whole of a clean product shot."""
     prepared = []
@@ -55,7 +55,7 @@ def _prepare(images: list[ProductImage], report: IngestReport) -> list[tuple[Pro
             report.failed[image.pk] = f"{type(exc).__name__}: {exc}"
             continue
         image.item_box = main_item_box(picture)
-        prepared.append((image, item_picture(picture, image.item_box), thumbnail))
+        prepared.append((image, item_pictures(picture, image.item_box), thumbnail))
     return prepared
 
 
@@ -72,9 +72,9 @@ def main_item_box(picture: Image.Image) -> list[int] | None:
     return list(items[0].box) if items else None
 
 
-def item_picture(picture: Image.Image, item_box: list[int] | None) -> Image.Image:
-    """What is embedded for a catalog image: the crop around its main item, or the whole image."""
-    return picture if not item_box else crop_with_context(picture, item_box, settings.CROP_CONTEXT)
+def item_pictures(picture: Image.Image, item_box: list[int] | None) -> list[Image.Image]:
+    """What is embedded for a catalog image (one vector, their mean): its main item's crops, or the whole image."""
+    return item_crops(picture, item_box or None, settings.CROP_CONTEXTS)
 
 
 def _active_or_default() -> ModelVersion:
@@ -103,7 +103,7 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
     version = _active_or_default()
     for _ in range(3):
         used, embedder = version, registry.embedder_for(version)
-        vectors = embedder.embed([picture for _, picture, _ in prepared])
+        vectors = embed_items(embedder, [pictures for _, pictures, _ in prepared])
         version = _active_or_default()
         if version.model_version == used.model_version:
             break
