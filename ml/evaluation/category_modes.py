@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,9 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--visnet", default="models/visnet-default")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the result as JSON (docs/category_modes.json)"
+    )
     args = parser.parse_args(argv)
     result = study(args.size, args.visnet, args.seed)
     print("\n".join(report_lines(result)))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
     return result
 
 
