@@ -469,7 +469,9 @@ def test_search_by_photo_finds_the_product_first(client, indexed_catalog):
 def test_search_is_public_even_for_session_less_clients_and_empty_index(client, vector_store, fashion_items):
     response = client.post("/api/search/", {"image": upload(fashion_items[0][0])}, format="multipart")
     assert response.status_code == 200
-    assert response.json() == {"count": 0, "collection": None, "results": []}
+    body = response.json()
+    assert (body["count"], body["collection"], body["results"], body["boxes"]) == (0, None, [], [])
+    assert body["image"] == {"width": 28, "height": 28} and body["query"]["kind"] == "whole_photo"
 
 
 @pytest.mark.parametrize("content, name, content_type, message", BAD_IMAGES)
