@@ -24,3 +24,12 @@ def assert_filter_is_applied_inside_the_vector_query(query: bytes, catalog_size:
         search_services.product_vectors_sync(product_id=product.pk)
     found = search_by_image(content=query, k=3, filters=SearchFilters(max_price=10.0))
     assert sorted(r.product.pk for r in found) == sorted(p.pk for p in cheapest)
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import require_service
+from tests.search_checks import iou
 
 pytestmark = pytest.mark.browser
 
@@ -210,14 +211,6 @@ def two_item_street_photo(items: list[tuple[bytes, int]]) -> tuple[bytes, list[t
     buffer = io.BytesIO()
     Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue(), boxes
-
-
-def iou(a, b) -> float:
-    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 STREET_LABELS = (1, 8)  # a trouser and a bag: two items no detector or embedder can mistake for each other

@@ -10,6 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
+from tests.search_checks import iou
 from webapp.catalog import services as catalog_services
 from webapp.search import services as search_services
 
@@ -26,14 +27,6 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def iou(a, b) -> float:
-    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 @pytest.fixture(scope="module")

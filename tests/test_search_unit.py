@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes import FakeVectorStore, PixelEmbedder, RandomEmbedder
-from tests.search_checks import assert_filter_is_applied_inside_the_vector_query
+from tests.search_checks import assert_filter_is_applied_inside_the_vector_query, iou
 from webapp.catalog import services as catalog_services
 from webapp.catalog.models import Product, ProductImage
 from webapp.search import registry
@@ -168,10 +168,5 @@ def test_a_catalog_scene_stores_its_main_items_box_and_a_product_shot_stays_whol
     truths = [i.box for i in benchmark.items if i.photo_index == item.photo_index]
     x1, y1, x2, y2 = scene.item_box
     assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 320
-    assert max(_iou(scene.item_box, truth) for truth in truths) >= 0.5, (scene.item_box, truths)
+    assert max(iou(scene.item_box, truth) for truth in truths) >= 0.5, (scene.item_box, truths)
     assert fake_search.store.count() == 2
-
-
-def _iou(a, b) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
