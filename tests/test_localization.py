@@ -99,6 +99,8 @@ def test_a_clean_product_shot_is_searched_whole_without_asking_a_worker(client, 
     query = response.json()["query"]
     assert query["kind"] == "whole_photo" and "plain background" in query["note"]
     assert response["Server-Timing"].startswith("decode;dur=") and "localize" not in response["Server-Timing"]
+    drawn = client.post("/api/search/", {"image": upload(fashion_items[0][0], "item.png"), "box": "2,2,20,26"})
+    assert drawn.json()["query"] == {"kind": "client", "index": None, "label": None, "box": [2, 2, 20, 26], "note": ""}
 
 
 def test_catalog_images_are_product_shots_and_street_photos_are_scenes(fashion_items):

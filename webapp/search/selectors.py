@@ -135,7 +135,7 @@ def _choose(boxes: list[ItemBox], box: tuple[int, int, int, int] | None, whole_p
         picked = next((item for item in boxes if item.box == tuple(box)), None)
         if picked is not None:  # the client sent back one of the detected boxes: search it as that item
             return PhotoQuery(DETECTED, box=picked.box, index=picked.index, label=picked.label, note=note)
-        return PhotoQuery(CLIENT, box=box, note=note)
+        return PhotoQuery(CLIENT, box=box, note="" if note == NOTE_PRODUCT_SHOT else note)
     if whole_photo:
         return PhotoQuery(WHOLE_PHOTO, note=note)
     if not boxes:
