@@ -34,18 +34,23 @@ def _cold(ctx: Context, cold_ids: list[int]) -> dict:
         f"similar COLD: {args.concurrency} connections for {args.duration:.0f}s over distinct ids "
         f"(each requested once) ..."
     )
+    return _measured_load(ctx, "similar cold", cold_ids, distinct=True)
+
+
+def _measured_load(ctx: Context, label: str, ids: list[int], distinct: bool) -> dict:
+    """The timed run: GET similar for `ids` on keep-alive connections, with the CPU of every process."""
     cpu = ctx.cpu_meter()
-    cold = run_load(
+    result = run_load(
         ctx.web_port,
-        [get_request(PATH.format(i)) for i in cold_ids],
-        concurrency=args.concurrency,
-        duration=args.duration,
-        procs=args.load_procs,
-        distinct=True,
+        [get_request(PATH.format(i)) for i in ids],
+        concurrency=ctx.args.concurrency,
+        duration=ctx.args.duration,
+        procs=ctx.args.load_procs,
+        distinct=distinct,
     )
-    cold["cpu"] = cpu.stop({"load generator": cold["loadgen_cpu_s"]})
-    log_load("similar cold", cold)
-    return cold
+    result["cpu"] = cpu.stop({"load generator": result["loadgen_cpu_s"]})
+    log_load(label, result)
+    return result
 
 
 def _warm(ctx: Context, warm_ids: list[int]) -> dict:
@@ -71,18 +76,8 @@ def _warm(ctx: Context, warm_ids: list[int]) -> dict:
     log(
         f"similar WARM: {args.concurrency} connections for {args.duration:.0f}s over the {len(warm_ids)} cached ids ..."
     )
-    cpu = ctx.cpu_meter()
-    warm = run_load(
-        ctx.web_port,
-        [get_request(PATH.format(i)) for i in warm_ids],
-        concurrency=args.concurrency,
-        duration=args.duration,
-        procs=args.load_procs,
-        distinct=False,
-    )
-    warm["cpu"] = cpu.stop({"load generator": warm["loadgen_cpu_s"]})
+    warm = _measured_load(ctx, "similar warm", warm_ids, distinct=False)
     warm["prime_s"] = prime_s
-    log_load("similar warm", warm)
     return warm
 
 
