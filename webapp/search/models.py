@@ -1,5 +1,6 @@
 """Model versions: every embedder the product can serve, and which one the vector-store alias points at."""
 
+from django.conf import settings
 from django.db import models
 
 
@@ -18,6 +19,7 @@ class ModelVersion(models.Model):
     class State(models.TextChoices):
         REGISTERED = "registered", "Registered"
         EMBEDDING = "embedding", "Embedding the catalog"
+        CANDIDATE = "candidate", "Candidate (embedded, serving an A/B share)"
         ACTIVE = "active", "Active"
         STANDBY = "standby", "Standby (kept for rollback)"
         FAILED = "failed", "Failed"
@@ -36,6 +38,9 @@ class ModelVersion(models.Model):
     reembed_started_at = models.DateTimeField(null=True, blank=True)
     task_token = models.CharField(max_length=32, blank=True, help_text="Only the latest queued re-embed runs.")
     error = models.TextField(blank=True)
+    ab_share = models.FloatField(
+        default=0.0, help_text="Share of shoppers (0-1, sticky per client) served by this candidate version."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
@@ -52,3 +57,78 @@ class ModelVersion(models.Model):
         if not self.total:
             return "-"
         return f"{self.embedded}/{self.total} ({100 * self.embedded / self.total:.0f}%)"
+
+
+class TrainingRun(models.Model):
+    """One retrain (a Celery task on the `train` queue): approved triplets plus the base data -> a new version."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
+    config = models.JSONField(default=dict, blank=True, help_text="What was asked: config file, epochs, data size.")
+    approved_triplets = models.PositiveIntegerField(default=0)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="Latest epoch, epochs, loss and validation recall, and every epoch's row."
+    )
+    metrics = models.JSONField(default=dict, blank=True, help_text="The new version's evaluation.")
+    base_version = models.ForeignKey(
+        "ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The version that was active when the run started.",
+    )
+    model_version = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
+    )
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"training run {self.pk} ({self.state})"
+
+
+class ShopperEvent(models.Model):
+    """What shoppers did with results, per serving version: a click, or a "not similar" mark (deduplicated)."""
+
+    class Kind(models.TextChoices):
+        CLICK = "click", "Result clicked"
+        NOT_SIMILAR = "not_similar", "Marked not similar"
+
+    class Surface(models.TextChoices):
+        SIMILAR = "similar", "Similar products"
+        SEARCH = "search", "Search by photo"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    surface = models.CharField(max_length=12, choices=Surface.choices)
+    model_version = models.CharField(max_length=120, db_index=True)
+    client_key = models.CharField(max_length=64, help_text="A hash of the session or client address, never raw.")
+    query_ref = models.CharField(max_length=200, help_text="shop:<sku> for a product page, query:<id> for a photo.")
+    product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "client_key", "query_ref", "product"],
+                condition=models.Q(kind="not_similar"),
+                name="one_not_similar_mark_per_client",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.product_id} ({self.model_version})"
