@@ -48,6 +48,7 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("activate_modelversion", "Can activate, A/B test and roll back model versions")]
 
     def __str__(self):
         return f"{self.model_version} ({self.state})"
