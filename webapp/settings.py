@@ -163,6 +163,8 @@ MILVUS_CONNECT_TIMEOUT = float(os.environ.get("MILVUS_CONNECT_TIMEOUT", "5"))
 MILVUS_COLLECTION_PREFIX = os.environ.get("MILVUS_COLLECTION_PREFIX", "products")
 # AUTOINDEX suits Milvus Lite and CPU servers; GPU servers take GPU_CAGRA or GPU_IVF_PQ.
 MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE", "AUTOINDEX")
+# reconcile_vectors: an image still pending or processing this long after it was created has lost its message.
+RECONCILE_STUCK_MINUTES = env_int("RECONCILE_STUCK_MINUTES", 15)
 
 # Celery. The default broker is the filesystem transport: a real worker process, no server.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
