@@ -11,7 +11,6 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
@@ -19,9 +18,10 @@ from django.urls import reverse
 from PIL import Image
 from rest_framework.test import APIClient
 
-from tests.conftest import free_port, image_bytes
+from tests.conftest import free_port, image_bytes, make_catalog_manager
 from webapp.catalog import services
 from webapp.catalog.models import Category, Product, ProductImage
+from webapp.search import registry as search_registry
 from webapp.search import services as search_services
 
 pytestmark = pytest.mark.django_db
@@ -57,7 +57,7 @@ def client():
 
 @pytest.fixture
 def user():
-    return get_user_model().objects.create_user("merchant", password="s3cret-pass")
+    return make_catalog_manager("merchant", password="s3cret-pass")
 
 
 @pytest.fixture
@@ -384,6 +384,8 @@ def test_similar_products_ranked_excluding_the_product(client, settings, indexed
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0001 for s in scores)
     assert body["collection"].startswith(settings.MILVUS_COLLECTION_PREFIX + "_")
+    assert body["collection"] == search_registry.get_vector_store().collection_name(body["model_version"])
+    assert body["feedback_token"]  # what a "not similar" mark or a click sends back
     assert set(body["results"][0]["product"]) == PRODUCT_KEYS
     assert body["results"][0]["product"]["image"].startswith("http://testserver/media/thumbnails/")
 
@@ -440,7 +442,13 @@ def test_similar_products_404_and_before_anything_is_indexed(client, vector_stor
     product = make_product("sku-1")
     response = client.get(f"/api/products/{product.pk}/similar/")
     assert response.status_code == 200
-    assert response.json() == {"count": 0, "collection": None, "results": []}
+    assert response.json() == {
+        "count": 0,
+        "collection": None,
+        "results": [],
+        "model_version": None,  # nothing registered yet: no version served it
+        "feedback_token": None,  # nothing to give feedback on
+    }
 
 
 def test_search_by_photo_finds_the_product_first(client, indexed_catalog):
@@ -524,6 +532,8 @@ def test_openapi_schema_is_valid_without_warnings(tmp_path):
         "/api/products/{product_id}/images/:",
         "/api/products/{product_id}/similar/:",
         "/api/search/:",
+        "/api/feedback/not-similar/:",
+        "/api/feedback/click/:",
     ):
         assert f"\n  {path}\n" in text, path
 
@@ -538,6 +548,8 @@ def test_schema_endpoint_lists_operations(client):
     assert set(paths["/api/products/{product_id}/images/"]) == {"post"}
     assert set(paths["/api/products/{product_id}/similar/"]) == {"get"}
     assert set(paths["/api/search/"]) == {"post"}
+    assert set(paths["/api/feedback/not-similar/"]) == {"post"} and set(paths["/api/feedback/click/"]) == {"post"}
+    assert set(paths["/api/feedback/not-similar/"]["post"]["responses"]) == {"200", "201", "400", "429"}
     similar_params = {p["name"] for p in paths["/api/products/{product_id}/similar/"]["get"]["parameters"]}
     assert similar_params == {"product_id", "k", "category", "max_price", "in_stock"}
     list_params = {p["name"] for p in paths["/api/products/"]["get"]["parameters"]}
@@ -545,6 +557,7 @@ def test_schema_endpoint_lists_operations(client):
     search_body = paths["/api/search/"]["post"]["requestBody"]["content"]
     assert list(search_body) == ["multipart/form-data"]
     assert schema["components"]["schemas"]["SearchByImage"]["required"] == ["image"]
+    assert {"model_version", "feedback_token"} <= set(schema["components"]["schemas"]["RankedResults"]["properties"])
 
 
 def test_docs_page_is_self_contained(client):
@@ -555,6 +568,7 @@ def test_docs_page_is_self_contained(client):
     for needle in (
         "/api/products/{product_id}/similar/",
         "/api/search/",
+        "/api/feedback/not-similar/",
         "Search by photo",
         "max_price",
         "multipart/form-data",

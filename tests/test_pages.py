@@ -224,7 +224,7 @@ def test_pages_use_local_assets_only(client, db):
     nav = {e["text"]: e["attrs"]["href"] for e in elements if e["tag"] == "a" and e["text"]}
     assert nav["Catalog"] == "/" and nav["Visual search"] == SEARCH_URL
     assert nav["Admin"] == "/admin/" and nav["API docs"] == "/api/docs/"
-    for path in ("/static/css/site.css", "/static/js/visual_search.js"):
+    for path in ("/static/css/site.css", "/static/js/visual_search.js", "/static/js/feedback.js"):
         assert client.get(path).status_code == 200, path
 
 
@@ -244,6 +244,13 @@ def test_product_page_shows_details_and_visually_similar_products(client, ingest
     scores = [float(e["attrs"]["data-score"]) for e in similar]
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0001 for s in scores)
     assert f"{scores[0]:.3f}" in similar[0]["text"]
+    # Every look-alike can be marked "not similar" (the button shows once static/js/feedback.js runs); the row says
+    # which model version served it and carries the token the marks send back.
+    buttons = by_class(elements, "not-similar")
+    assert [b["attrs"]["data-product-id"] for b in buttons] == [e["attrs"]["data-product-id"] for e in similar]
+    row = by_class(elements, "similar-row")[0]["attrs"]
+    assert row["data-model-version"] and row["data-feedback-token"] and row["data-feedback-url"]
+    assert any(e["tag"] == "script" and e["attrs"].get("src", "").endswith("js/feedback.js") for e in elements)
     # Each look-alike links to its product page and shows its ingested thumbnail.
     for item in ingested_catalog[1:]:
         product = item["product"]

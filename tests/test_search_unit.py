@@ -170,3 +170,26 @@ def test_a_catalog_scene_stores_its_main_items_box_and_a_product_shot_stays_whol
     assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 320
     assert max(iou(scene.item_box, truth) for truth in truths) >= 0.5, (scene.item_box, truths)
     assert fake_search.store.count() == 2
+
+
+def test_a_read_for_a_given_version_uses_its_embedder_and_its_own_collection(fake_search, fashion_items):
+    """What A/B serving relies on: the selectors read the version they are given (a candidate) and write nothing."""
+    products = ingest_catalog(fashion_items[:6])
+    candidate = ModelVersion.objects.create(
+        model_version="candidate-unit", kind="visnet", state=ModelVersion.State.CANDIDATE, ab_share=0.5
+    )
+    store = fake_search.store
+    name = store.create_collection(candidate.model_version, PixelEmbedder.dim)
+    kept = {p.pk for p in products[3:]}  # the candidate's collection holds only the last three products
+    rows = [
+        dict(row, model_version=candidate.model_version) for row in store._rows().values() if row["product_id"] in kept
+    ]
+    store.upsert(rows, collection=name)
+    before = {collection: dict(rows) for collection, rows in store._state["collections"].items()}
+
+    found = search_by_image(content=fashion_items[0][0], k=6, version=candidate)
+    assert {r.product.pk for r in found} == kept and candidate.model_version in fake_search.embedders
+    similar = similar_products(product=products[4], k=6, version=candidate)
+    assert {r.product.pk for r in similar} == kept - {products[4].pk}
+    assert len(search_by_image(content=fashion_items[0][0], k=6)) == 6  # no version given: the active one
+    assert store._state["collections"] == before and store.active_collection() != name

@@ -6,6 +6,8 @@
  *    (or tapping, or Enter/Space on) another box searches that item; a box can be dragged or resized (pointer:
  *    mouse, pen, touch; keyboard: arrows move, Shift+arrows resize, Enter searches, Esc puts it back); "Search
  *    the whole photo" is always there. The category / max price / stock filters apply to every search.
+ * 3. Each result has a "Not similar" button and its link records a click (static/js/feedback.js does both,
+ *    with the list's feedback token; the list keeps the photo, which a mark sends again).
  * Progressive enhancement only: without JavaScript the visible file input and the form POST to /search/ work
  * as is. Box coordinates are pixels of the upright (EXIF-applied) photo, like the API's; the browser draws
  * the photo upright too (image-orientation: from-image, its default), and boxes are placed in percentages of
@@ -626,7 +628,7 @@
       return number.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
     }
 
-    function card(hit) {
+    function card(hit, body) {
       var product = hit.product || {};
       var src = product.image || product.thumbnail || null;
       var media = src
@@ -636,6 +638,9 @@
       var stock = product.in_stock
         ? el("span", {"class": "badge badge-in"}, ["In stock"])
         : el("span", {"class": "badge badge-out"}, ["Sold out"]);
+      var notSimilar = el("button", {type: "button", "class": "button button-secondary button-small not-similar",
+                                     "data-product-id": String(product.id),
+                                     "aria-label": "Not similar: " + (product.title || "")}, ["Not similar"]);
       return el("li", {"class": "result", "data-product-id": String(product.id),
                        "data-score": Number(hit.score).toFixed(6)}, [
         el("a", {"class": "card", href: product.url || "#"}, [
@@ -653,14 +658,21 @@
               el("span", {"class": "score-value"}, [Number(hit.score).toFixed(3)])
             ])
           ])
-        ])
+        ]),
+        body.feedback_token ? notSimilar : null
       ]);
     }
 
     function renderResults(body, query, what) {
       var results = body.results || [];
-      var list = el("ol", {"class": "grid product-grid", id: "results"});
-      results.forEach(function (hit) { list.appendChild(card(hit)); });
+      // Feedback (static/js/feedback.js): the list carries the server's token for these results, and the photo,
+      // which a "Not similar" mark sends again (the server keeps a shopper's photo only then).
+      var list = el("ol", {"class": "grid product-grid", id: "results", "data-model-version": body.model_version || "",
+                           "data-feedback-token": body.feedback_token || null,
+                           "data-feedback-url": form.getAttribute("data-feedback-url"),
+                           "data-click-url": form.getAttribute("data-click-url")});
+      list.feedbackPhoto = state.file;
+      results.forEach(function (hit) { list.appendChild(card(hit, body)); });
       if (!results.length) {
         list.appendChild(el("li", {"class": "notice no-results"},
                             ["No products match this item with these filters. Try removing a filter."]));
@@ -678,7 +690,8 @@
         ])
       ]);
       var section = el("section", {"class": "results-section", id: "results-section",
-                                   "aria-labelledby": "results-heading"}, [head]);
+                                   "aria-labelledby": "results-heading",
+                                   "data-model-version": body.model_version || ""}, [head]);
       if (query.note) section.appendChild(el("p", {"class": "notice notice-warning query-note", id: "query-note"},
                                              [query.note]));
       section.appendChild(list);

@@ -35,6 +35,15 @@ def api_docs(request):
         "<code>?format=json</code> for JSON). Reads are public; writes need an authenticated user "
         '(session or HTTP Basic). Errors are JSON: <code>{{"detail": message}}</code>, or '
         "<code>{{field: [messages]}}</code> for invalid input.</p>"
+        "<h2>Shopper feedback and A/B serving</h2><p>Similar products and search results say which model version "
+        "served them (<code>model_version</code>): a candidate version under A/B test answers a configured share of "
+        "clients, the same clients every time (a client is its session, signed-in user, <code>X-Client-Id</code> "
+        "header or address, kept only as a keyed hash). They also carry a <code>feedback_token</code>: post it with "
+        "a result's product id to <code>/api/feedback/not-similar/</code> when a result does not look like the "
+        "query (for a photo search, send the same photo again as <code>image</code>; it is stored only then, for "
+        "the reviewers), or to <code>/api/feedback/click/</code> when the shopper opens it. A mark becomes a "
+        "pending training triplet that curators review; it never changes the model by itself. Both endpoints are "
+        "public and rate-limited per client (429 beyond the limit); a signed-in session sends its CSRF token.</p>"
         "<h2>Endpoints</h2>{operations}<h2>Schemas</h2>{components}</body></html>",
         title=info.get("title", "API"),
         version=info.get("version", ""),

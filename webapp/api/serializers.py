@@ -14,6 +14,7 @@ from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from webapp.catalog.models import Category, Product, ProductImage
+from webapp.search.models import ShopperEvent
 from webapp.search.selectors import MAX_K
 from webapp.search.vector_store import SearchFilters
 
@@ -99,6 +100,18 @@ class RankedResultsOutputSerializer(serializers.Serializer):
         help_text="The vector collection (one per embedding model version) that answered; null if none is active.",
     )
     results = RankedProductOutputSerializer(many=True, read_only=True)
+    model_version = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="The model version that served these results: the active one, or a candidate under A/B test for a "
+        "share of clients (sticky per client: session, signed-in user, `X-Client-Id` header or address).",
+    )
+    feedback_token = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="Give it back with `POST /api/feedback/not-similar/` or `/api/feedback/click/` to mark a result "
+        "(signed; valid for a day). Null when there are no results.",
+    )
 
 
 @extend_schema_serializer(component_name="ImageSize")
@@ -145,6 +158,28 @@ class PhotoSearchOutputSerializer(RankedResultsOutputSerializer):
 class DetectionsOutputSerializer(serializers.Serializer):
     image = ImageSizeOutputSerializer(read_only=True)
     boxes = ItemBoxOutputSerializer(many=True, read_only=True)
+
+
+@extend_schema_serializer(component_name="NotSimilarMark")
+class NotSimilarOutputSerializer(serializers.Serializer):
+    created = serializers.BooleanField(
+        read_only=True, help_text="false: this client had already marked this result for this query (nothing new)."
+    )
+    surface = serializers.ChoiceField(choices=ShopperEvent.Surface.choices, read_only=True)
+    model_version = serializers.CharField(read_only=True, help_text="The version that served the marked result.")
+    query_ref = serializers.CharField(
+        read_only=True, help_text="shop:<sku> of the product page, or query:<id> of the stored search photo."
+    )
+    triplet = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The curation triplet sent for review (null for a repeat)."
+    )
+    message = serializers.CharField(read_only=True)
+
+
+@extend_schema_serializer(component_name="ResultClick")
+class ResultClickOutputSerializer(serializers.Serializer):
+    surface = serializers.ChoiceField(choices=ShopperEvent.Surface.choices, read_only=True)
+    model_version = serializers.CharField(read_only=True)
 
 
 @extend_schema_serializer(component_name="Error")
@@ -289,3 +324,24 @@ class ProductCreateInputSerializer(serializers.Serializer):
         if not re.fullmatch(r"[A-Za-z]{3}", value):
             raise serializers.ValidationError("Use a three-letter ISO 4217 code.")
         return value.upper()
+
+
+class FeedbackInputSerializer(serializers.Serializer):
+    token = serializers.CharField(
+        max_length=8000, trim_whitespace=True, help_text="`feedback_token` of the results the product was shown in."
+    )
+    product = serializers.IntegerField(min_value=1, help_text="Id of the result's product.")
+
+
+@extend_schema_serializer(component_name="NotSimilar")
+class NotSimilarInputSerializer(FeedbackInputSerializer):
+    image = ImageUploadField(
+        required=False,
+        help_text="For results of a photo search only: the same photo again (it is kept for the reviewers only now, "
+        "never when searching). Send the request as multipart/form-data then.",
+    )
+
+
+@extend_schema_serializer(component_name="Click")
+class ResultClickInputSerializer(FeedbackInputSerializer):
+    pass

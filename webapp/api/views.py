@@ -1,13 +1,13 @@
 """The public JSON API: one APIView per resource, one method per operation, kept thin.
 
-Reads are public; writes need an authenticated user (REST_FRAMEWORK's IsAuthenticatedOrReadOnly),
-except search by photo, which is a read that happens to need a request body.
+Reads are public; writes need a staff user with the model permission (webapp/api/permissions.py),
+except search by photo, which is a read that happens to need a request body, and shopper feedback ("not
+similar" marks and result clicks, rate-limited per client).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict
 
 from django.shortcuts import get_object_or_404
@@ -21,16 +21,32 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from webapp.api import serializers as s
+from webapp.api.throttling import FeedbackRateThrottle
 from webapp.catalog.images import InvalidImage, read_upload
 from webapp.catalog.models import Product
 from webapp.catalog.selectors import product_list, product_queryset
 from webapp.catalog.services import product_create, product_delete, product_image_create
+from webapp.limits import ScopedCacheThrottle
 from webapp.search import registry
+from webapp.search.experiments import client_key_for, serving_version_for
+from webapp.search.feedback import (
+    THANKS,
+    InvalidFeedback,
+    click_query_ref,
+    not_similar_mark,
+    photo_checksum,
+    result_click_record,
+    results_served,
+    results_token_read,
+    searched_photo,
+)
 from webapp.search.localization import LocalizationUnavailable
+from webapp.search.models import ModelVersion, ShopperEvent
 from webapp.search.selectors import InvalidBox, RankedProduct, detect_in_photo, search_by_photo, similar_products
 from webapp.search.vector_store import CollectionNotFound, VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
+Surface = ShopperEvent.Surface
 
 BAD_IMAGE = OpenApiResponse(
     OpenApiTypes.OBJECT,
@@ -51,36 +67,22 @@ def _detail(message: str, code: int) -> Response:
     return Response({"detail": message}, status=code)
 
 
-def _ranked_response(request, query: Callable[[], list[RankedProduct]]) -> Response:
-    """Run a vector query; 200 with ranked results, 400 for a bad image, 503 when the vector store is down."""
-    try:
-        ranked = query()
-    except InvalidImage as exc:
-        return _detail(str(exc), status.HTTP_400_BAD_REQUEST)
-    except CollectionNotFound:
-        return _results(request, [], collection=None)  # a fresh install: nothing is indexed yet
-    except VectorStoreUnavailable as exc:
-        logger.warning("vector query failed: %s", exc)
-        return _detail(
-            "Visual search is temporarily unavailable; please retry shortly.", status.HTTP_503_SERVICE_UNAVAILABLE
-        )
-    try:
-        collection = registry.get_vector_store().active_collection()
-    except VectorStoreUnavailable:
-        collection = None
-    return _results(request, ranked, collection=collection)
+def _collection(version: ModelVersion | None) -> str | None:
+    return registry.get_vector_store().collection_name(version.model_version) if version is not None else None
 
 
-def _results(request, ranked: list[RankedProduct], collection: str | None) -> Response:
-    data = {
-        "count": len(ranked),
-        "collection": collection,
-        "results": [{"score": r.score, "product": r.product} for r in ranked],
+def _feedback_fields(version: ModelVersion | None, ranked: list[RankedProduct], surface: str, **token) -> dict:
+    """Which version served a result list and its feedback token (counting the list served, for the A/B rates)."""
+    return {
+        "model_version": version.model_version if version is not None else None,
+        "feedback_token": results_served(
+            version=version, surface=surface, product_ids=[r.product.pk for r in ranked], **token
+        ),
     }
-    return Response(s.RankedResultsOutputSerializer(data, context={"request": request}).data)
 
 
 class ProductListCreateApi(APIView):
+    write_permissions = {"POST": "catalog.add_product"}
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     parser_classes = [JSONParser]
 
@@ -124,6 +126,8 @@ class ProductListCreateApi(APIView):
 
 
 class ProductDetailApi(APIView):
+    write_permissions = {"DELETE": "catalog.delete_product"}
+
     @extend_schema(
         operation_id="products_retrieve",
         summary="Get a product",
@@ -145,7 +149,10 @@ class ProductDetailApi(APIView):
 
 
 class ProductImageCreateApi(APIView):
+    write_permissions = {"POST": "catalog.add_productimage"}
     parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [ScopedCacheThrottle]
+    throttle_scope = "upload"
 
     @extend_schema(
         operation_id="products_images_create",
@@ -180,7 +187,9 @@ class ProductSimilarApi(APIView):
         operation_id="products_similar",
         summary="Visually similar products",
         description="Products whose images look most like this product's, best first; the product itself is "
-        "excluded. Empty until the product's images are ingested.",
+        "excluded. Empty until the product's images are ingested. `model_version` says which model answered "
+        "(a candidate version under A/B test serves a sticky share of clients); `feedback_token` lets the client "
+        'mark a result "not similar" or record a click.',
         parameters=[s.SimilarProductsInputSerializer],
         responses={200: s.RankedResultsOutputSerializer, 400: INVALID, 404: NOT_FOUND, 503: UNAVAILABLE},
     )
@@ -188,13 +197,30 @@ class ProductSimilarApi(APIView):
         product = get_object_or_404(Product, pk=product_id)
         params = s.SimilarProductsInputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        k, filters = params.validated_data["k"], params.to_filters()
-        return _ranked_response(request, lambda: similar_products(product=product, k=k, filters=filters))
+        version = serving_version_for(client_key=client_key_for(request))
+        try:
+            ranked = similar_products(
+                product=product, k=params.validated_data["k"], filters=params.to_filters(), version=version
+            )
+            collection = _collection(version)
+        except CollectionNotFound:
+            ranked, collection = [], None  # a fresh install: nothing is indexed yet
+        except VectorStoreUnavailable as exc:
+            return _failure(exc)
+        data = {
+            "count": len(ranked),
+            "collection": collection,
+            "results": [{"score": r.score, "product": r.product} for r in ranked],
+            **_feedback_fields(version, ranked, Surface.SIMILAR, query_ref=f"shop:{product.sku}"),
+        }
+        return Response(s.RankedResultsOutputSerializer(data, context={"request": request}).data)
 
 
 class SearchByImageApi(APIView):
     permission_classes = [AllowAny]
     parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [ScopedCacheThrottle]
+    throttle_scope = "search"  # the search page's POSTs count against the same budget
 
     @extend_schema(
         operation_id="search_by_image",
@@ -202,7 +228,9 @@ class SearchByImageApi(APIView):
         description="Upload a photo. Every item the detector finds in it comes back boxed; the most confident one "
         "(or the region given as `box`, or the whole photo with `whole_photo=true`) is cropped, embedded and "
         "searched, and its look-alikes come back best first. A clean product shot on a plain background is "
-        "searched whole. Filters apply inside the vector query.",
+        "searched whole. Filters apply inside the vector query. `model_version` says which model answered; "
+        '`feedback_token` lets the client mark a result "not similar" (sending the same photo again) or record '
+        "a click. The photo is not stored.",
         request={"multipart/form-data": s.SearchByImageInputSerializer},
         responses={200: s.PhotoSearchOutputSerializer, 400: BAD_IMAGE, 503: LOCALIZATION_UNAVAILABLE},
     )
@@ -210,19 +238,33 @@ class SearchByImageApi(APIView):
         params = s.SearchByImageInputSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
+        version = serving_version_for(client_key=client_key_for(request))
         try:
+            content = read_upload(data["image"])
             found = search_by_photo(
-                content=read_upload(data["image"]),
+                content=content,
                 k=data["k"],
                 filters=params.to_filters(),
                 box=data.get("box"),
                 whole_photo=data["whole_photo"],
+                version=version,
             )
         except InvalidBox as exc:
             return Response({"box": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         except (InvalidImage, LocalizationUnavailable, VectorStoreUnavailable) as exc:
             return _failure(exc)
-        response = Response(s.PhotoSearchOutputSerializer(_photo_search_data(found), context={"request": request}).data)
+        body = _photo_search_data(found, version)
+        body.update(
+            _feedback_fields(
+                version,
+                found.results,
+                Surface.SEARCH,
+                photo=photo_checksum(content),
+                box=found.query.box,
+                label=found.query.label,
+            )
+        )
+        response = Response(s.PhotoSearchOutputSerializer(body, context={"request": request}).data)
         # Where the time went, per stage, for browsers' dev tools and the benchmark (RFC: Server-Timing).
         response["Server-Timing"] = ", ".join(f"{stage};dur={ms}" for stage, ms in found.timings_ms.items())
         return response
@@ -244,11 +286,7 @@ def _failure(exc: Exception) -> Response:
     )
 
 
-def _photo_search_data(found) -> dict:
-    try:
-        collection = registry.get_vector_store().active_collection()
-    except VectorStoreUnavailable:
-        collection = None
+def _photo_search_data(found, version: ModelVersion | None) -> dict:
     query = found.query
     return {
         "image": {"width": found.width, "height": found.height},
@@ -261,13 +299,15 @@ def _photo_search_data(found) -> dict:
             "note": query.note,
         },
         "count": len(found.results),
-        "collection": collection,
+        "collection": _collection(version) if found.results else None,
         "results": [{"score": r.score, "product": r.product} for r in found.results],
     }
 
 
 class DetectItemsApi(APIView):
     permission_classes = [AllowAny]
+    throttle_classes = [ScopedCacheThrottle]
+    throttle_scope = "search"  # detection costs what a search costs
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
@@ -287,3 +327,107 @@ class DetectItemsApi(APIView):
             return _failure(exc)
         data = {"image": {"width": width, "height": height}, "boxes": [asdict(item) for item in boxes]}
         return Response(s.DetectionsOutputSerializer(data).data)
+
+
+# Shopper feedback ------------------------------------------------------------------------------------------
+FEEDBACK_INVALID = OpenApiResponse(
+    OpenApiTypes.OBJECT,
+    description="Invalid feedback: {field: [messages]} — a bad or expired token, an unknown product, a product "
+    "that was not among the results, a missing or different photo.",
+)
+THROTTLED = OpenApiResponse(s.ErrorOutputSerializer, description="Too many requests from this client; retry later.")
+
+
+class _FeedbackApi(APIView):
+    permission_classes = [AllowAny]  # anonymous shoppers give feedback; a signed-in one sends the CSRF token
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    throttle_classes = [FeedbackRateThrottle]
+
+    @staticmethod
+    def _invalid(exc: InvalidFeedback) -> Response:
+        return Response({exc.field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class NotSimilarApi(_FeedbackApi):
+    throttle_scope = "feedback"
+
+    @extend_schema(
+        operation_id="feedback_not_similar",
+        summary='Mark a result "not similar"',
+        description="Tells the curators that a shown product does not look like the query (the product page's "
+        "product, or the searched photo: send that photo again as `image`, multipart). It is recorded once per "
+        "client, query and product and becomes a pending training triplet for review (anchor: the query, "
+        "positive: the best-ranked result this client did not mark, negative: this product); the model never "
+        "changes directly. 201 when recorded, 200 with `created: false` for a repeat. Rate-limited per client.",
+        request={"application/json": s.FeedbackInputSerializer, "multipart/form-data": s.NotSimilarInputSerializer},
+        responses={
+            201: s.NotSimilarOutputSerializer,
+            200: s.NotSimilarOutputSerializer,
+            400: FEEDBACK_INVALID,
+            429: THROTTLED,
+        },
+    )
+    def post(self, request):
+        params = s.NotSimilarInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        try:
+            shown = results_token_read(data["token"])
+            photo = searched_photo(shown, read_upload(data["image"]) if data.get("image") else None)
+            outcome = not_similar_mark(
+                client_key=client_key_for(request),
+                surface=shown.surface,
+                model_version=shown.model_version,
+                product_id=data["product"],
+                shown=shown.product_ids,
+                query_ref=shown.query_ref,
+                photo=photo,
+                box=shown.box,
+                label=shown.label,
+            )
+        except InvalidImage as exc:
+            return Response({"image": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        except InvalidFeedback as exc:
+            return self._invalid(exc)
+        body = {
+            "created": outcome.created,
+            "surface": outcome.event.surface,
+            "model_version": outcome.event.model_version,
+            "query_ref": outcome.event.query_ref,
+            "triplet": outcome.triplet.pk if outcome.triplet is not None else None,
+            "message": THANKS if outcome.created else "Already sent for review — thanks.",
+        }
+        code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
+        return Response(s.NotSimilarOutputSerializer(body).data, status=code)
+
+
+class ResultClickApi(_FeedbackApi):
+    throttle_scope = "feedback-click"
+
+    @extend_schema(
+        operation_id="feedback_click",
+        summary="Record a click on a result",
+        description="Counts a click on a shown result for the model version that served it (the A/B comparison's "
+        "click-through rate). Pages send it with `navigator.sendBeacon` as the shopper follows the link. "
+        "Rate-limited per client.",
+        request={"application/json": s.ResultClickInputSerializer, "multipart/form-data": s.ResultClickInputSerializer},
+        responses={201: s.ResultClickOutputSerializer, 400: FEEDBACK_INVALID, 429: THROTTLED},
+    )
+    def post(self, request):
+        params = s.ResultClickInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        try:
+            shown = results_token_read(data["token"])
+            event = result_click_record(
+                client_key=client_key_for(request),
+                surface=shown.surface,
+                model_version=shown.model_version,
+                product_id=data["product"],
+                shown=shown.product_ids,
+                query_ref=click_query_ref(shown),
+            )
+        except InvalidFeedback as exc:
+            return self._invalid(exc)
+        body = {"surface": event.surface, "model_version": event.model_version}
+        return Response(s.ResultClickOutputSerializer(body).data, status=status.HTTP_201_CREATED)

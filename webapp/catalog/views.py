@@ -9,6 +9,9 @@ from django.shortcuts import get_object_or_404, render
 
 from webapp.catalog import selectors
 from webapp.catalog.models import Category, ProductImage
+from webapp.search.experiments import client_key_for, serving_version_for
+from webapp.search.feedback import results_served
+from webapp.search.models import ShopperEvent
 from webapp.search.selectors import similar_products
 from webapp.search.vector_store import VectorStoreUnavailable
 
@@ -41,12 +44,20 @@ def product_list(request):
 
 def product_detail(request, pk: int):
     product = get_object_or_404(selectors.product_queryset(), pk=pk)
+    # The shopper's A/B arm: the active model version, or a candidate for its share (sticky per session).
+    version = serving_version_for(client_key=client_key_for(request, create_session=True))
     similar, similar_unavailable = [], False
     try:
-        similar = similar_products(product=product, k=SIMILAR_PRODUCTS)
+        similar = similar_products(product=product, k=SIMILAR_PRODUCTS, version=version)
     except VectorStoreUnavailable:
         logger.warning("similar products of %s unavailable: vector store unreachable", product.pk, exc_info=True)
         similar_unavailable = True
+    feedback_token = results_served(
+        version=version,
+        surface=ShopperEvent.Surface.SIMILAR,
+        product_ids=[hit.product.pk for hit in similar],
+        query_ref=f"shop:{product.sku}",
+    )
     images = list(product.images.all())
     return render(
         request,
@@ -57,5 +68,7 @@ def product_detail(request, pk: int):
             "similar": similar,
             "similar_unavailable": similar_unavailable,
             "has_ready_image": any(image.status == ProductImage.Status.READY for image in images),
+            "model_version": version.model_version if version is not None else "",
+            "feedback_token": feedback_token or "",
         },
     )

@@ -133,3 +133,25 @@ class ShopperEvent(models.Model):
 
     def __str__(self):
         return f"{self.kind} {self.product_id} ({self.model_version})"
+
+
+class ServedCount(models.Model):
+    """How many result lists each model version served, per surface and day: the denominator of the A/B rates.
+
+    Web processes count in memory and add their counts here every few seconds (webapp.search.experiments), so a
+    busy site writes a few rows a minute instead of one per response.
+    """
+
+    day = models.DateField()
+    model_version = models.CharField(max_length=120)
+    surface = models.CharField(max_length=12, choices=ShopperEvent.Surface.choices)
+    served = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "model_version", "surface"]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "model_version", "surface"], name="one_served_count_per_day"),
+        ]
+
+    def __str__(self):
+        return f"{self.model_version} {self.surface} {self.day}: {self.served}"

@@ -11,6 +11,9 @@ with the active version's embedder and reads that version's own collection (pinn
 through the alias), so the query vector and the indexed vectors always come from the same model,
 even in the seconds around an alias swap. The previous collection is kept (standby), so a process
 that has not yet noticed the swap keeps answering from it.
+
+A candidate version (state candidate, `ab_share` > 0) serves a sticky share of shoppers before it is
+activated; which version serves a given shopper is decided in `webapp.search.experiments`.
 """
 
 from __future__ import annotations
@@ -69,15 +72,38 @@ def active_version(fresh: bool = False) -> ModelVersion | None:
     return version
 
 
+def candidate_version(fresh: bool = False) -> ModelVersion | None:
+    """The candidate version serving an A/B share (state candidate, ab_share > 0), or None; cached like the active.
+
+    "None" is cached too: most of the time there is no experiment, and every search and product page asks.
+    """
+    key = ("candidate", *_active_key())
+    now = time.monotonic()
+    if not fresh:
+        with _lock:
+            cached = _active_cache.get(key)
+        if cached is not None and now - cached[0] < ACTIVE_VERSION_TTL_SECONDS:
+            return cached[1]
+    version = (
+        ModelVersion.objects.filter(state=ModelVersion.State.CANDIDATE, ab_share__gt=0)
+        .order_by("-updated_at", "-id")
+        .first()
+    )
+    with _lock:
+        _active_cache[key] = (now, version)
+    return version
+
+
 def reset_active_version_cache() -> None:
+    """Forget the cached active and candidate versions (tests, and commands that just changed them)."""
     with _lock:
         _active_cache.clear()
 
 
 def kept_collections() -> list[str]:
-    """Collections besides the alias that deletes must reach: versions embedding or on standby."""
+    """Collections besides the alias that deletes must reach: versions embedding, candidates, standby versions."""
     names = ModelVersion.objects.filter(
-        state__in=[ModelVersion.State.EMBEDDING, ModelVersion.State.STANDBY]
+        state__in=[ModelVersion.State.EMBEDDING, ModelVersion.State.CANDIDATE, ModelVersion.State.STANDBY]
     ).values_list("model_version", flat=True)
     store = get_vector_store()
     return [store.collection_name(name) for name in names]

@@ -42,12 +42,24 @@ def overfetch(k: int) -> int:
     return min(max(4 * k, k + 20), 16384)
 
 
-def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
+def _serving(version: ModelVersion | None) -> ModelVersion | None:
+    """The version a read serves: the one given (an A/B arm, webapp.search.experiments), else the active one."""
+    return version if version is not None else registry.active_version()
+
+
+def similar_products(
+    *,
+    product: Product,
+    k: int = 12,
+    filters: SearchFilters = SearchFilters(),
+    version: ModelVersion | None = None,
+) -> list[RankedProduct]:
+    """The products that look most like `product`, from the collection of `version` (default: the active one)."""
     k = max(1, min(int(k), MAX_K))
-    version = registry.active_version()
+    version = _serving(version)
     if version is None:
         return []  # nothing registered yet: nothing is indexed
-    store = registry.version_store(version)  # the active version's own collection (pinned by name)
+    store = registry.version_store(version)  # the version's own collection (pinned by name)
     filters = SearchFilters(filters.category_id, filters.max_price, filters.in_stock, exclude_product_id=product.pk)
     filter_digest = hashlib.sha1(filters.expression().encode()).hexdigest()[:16]
     cache_key = f"similar:{store.target}:{product.pk}:{k}:{filter_digest}"
@@ -62,14 +74,21 @@ def similar_products(*, product: Product, k: int = 12, filters: SearchFilters = 
     return _ranked([Hit(image_id=0, product_id=pid, score=score) for pid, score in cached], k)
 
 
-def search_by_image(*, content: bytes, k: int = 24, filters: SearchFilters = SearchFilters()) -> list[RankedProduct]:
-    """Search the catalog with a shopper's photo. Raises InvalidImage for bad bytes."""
+def search_by_image(
+    *,
+    content: bytes,
+    k: int = 24,
+    filters: SearchFilters = SearchFilters(),
+    version: ModelVersion | None = None,
+) -> list[RankedProduct]:
+    """Search the catalog with a shopper's whole photo, with `version` (default: the active one). Raises
+    InvalidImage for bad bytes."""
     k = max(1, min(int(k), MAX_K))
     validate_image_bytes(content)
     picture = open_normalised(content)
-    # One snapshot of the active version: the query is embedded by the same model as the vectors it
-    # searches, even while the alias swaps (the previous collection stays until it is dropped).
-    version = registry.active_version()
+    # One snapshot of the version: the query is embedded by the same model as the vectors it searches, even
+    # while the alias swaps (the previous collection stays until it is dropped).
+    version = _serving(version)
     if version is None:
         return []
     return _search_vector(version, registry.embedder_for(version).embed_one(picture), k, filters, None)
@@ -167,9 +186,11 @@ def search_by_photo(
     filters: SearchFilters = SearchFilters(),
     box: tuple[int, int, int, int] | None = None,
     whole_photo: bool = False,
+    version: ModelVersion | None = None,
 ) -> PhotoSearch:
     """Search with the item a shopper picks in a photo: the best detected item by default, a box they drew, or the
-    whole photo. Raises InvalidImage, InvalidBox, LocalizationUnavailable (only when a detected box is needed)."""
+    whole photo, with `version` (default: the active one). Raises InvalidImage, InvalidBox, LocalizationUnavailable
+    (only when a detected box is needed)."""
     k = max(1, min(int(k), MAX_K))
     clock = _Stopwatch()
     validate_image_bytes(content)
@@ -179,7 +200,7 @@ def search_by_photo(
         box = checked_box(box, picture.width, picture.height)
     boxes, note = _locate(picture, wanted=box is None and not whole_photo, clock=clock)
     query = _choose(boxes, box, whole_photo, note)
-    version = registry.active_version()
+    version = _serving(version)
     if version is None:
         return PhotoSearch(picture.width, picture.height, boxes, query, [], clock.timings_ms)
     crops = item_crops(picture, query.box, settings.CROP_CONTEXTS)

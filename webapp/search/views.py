@@ -4,6 +4,10 @@ With JavaScript the page talks to POST /api/search/ (static/js/visual_search.js)
 on the photo and any of them can be searched without a reload. This view is the form POST without JavaScript:
 it searches the most confident item (or the whole photo when asked, or when nothing was found) and renders the
 photo with its boxes and the results on the server.
+
+Both paths serve the shopper's A/B arm (`webapp.search.experiments`): the page starts a session, so the script's
+API calls are the same client. "Not similar" buttons come with the script's results only: a mark on a photo search
+sends the photo again, which the script still holds and a page rendered without JavaScript does not.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
 from webapp.catalog.images import InvalidImage
+from webapp.limits import throttle_posts
+from webapp.search.experiments import client_key_for, serving_version_for
 from webapp.search.forms import VisualSearchForm, preview_data_url
 from webapp.search.localization import ItemBox, LocalizationUnavailable
+from webapp.search.models import ModelVersion
 from webapp.search.selectors import (
     WHOLE_PHOTO,
     InvalidBox,
@@ -71,21 +78,25 @@ def _shown_boxes(boxes: list[ItemBox], width: int, height: int, query: PhotoQuer
     ]
 
 
-def _search(content: bytes, form: VisualSearchForm) -> PageSearch:
+def _search(content: bytes, form: VisualSearchForm, version: ModelVersion | None) -> PageSearch:
     """The best detected item (or the whole photo when asked); the whole photo when detection is down."""
     filters, whole_photo = form.filters(), bool(form.cleaned_data.get("whole_photo"))
     try:
-        found = search_by_photo(content=content, k=RESULTS_PER_SEARCH, filters=filters, whole_photo=whole_photo)
+        found = search_by_photo(
+            content=content, k=RESULTS_PER_SEARCH, filters=filters, whole_photo=whole_photo, version=version
+        )
     except LocalizationUnavailable as exc:
         logger.warning("visual search page: localization unavailable, searching the whole photo: %s", exc)
-        results = search_by_image(content=content, k=RESULTS_PER_SEARCH, filters=filters)
+        results = search_by_image(content=content, k=RESULTS_PER_SEARCH, filters=filters, version=version)
         return PageSearch(query=PhotoQuery(WHOLE_PHOTO, note=NO_DETECTION_NOTE), results=results)
     boxes = _shown_boxes(found.boxes, found.width, found.height, found.query) if found.width and found.height else []
     return PageSearch(query=found.query, results=found.results, boxes=boxes)
 
 
 @require_http_methods(["GET", "POST"])
+@throttle_posts("search")
 def visual_search(request):
+    client_key = client_key_for(request, create_session=True)
     if request.method == "GET":
         return render(request, "search/visual_search.html", {"form": VisualSearchForm()})
 
@@ -95,8 +106,9 @@ def visual_search(request):
         return render(request, "search/visual_search.html", context, status=400)
 
     content = form.cleaned_data["image"]
+    version = serving_version_for(client_key=client_key)
     try:
-        found = _search(content, form)
+        found = _search(content, form, version)
     except (InvalidImage, InvalidBox) as exc:
         form.add_error("image", str(exc))
         return render(request, "search/visual_search.html", context, status=400)
@@ -104,5 +116,12 @@ def visual_search(request):
         logger.exception("visual search failed: vector store unavailable")
         context["service_error"] = UNAVAILABLE_MESSAGE
         return render(request, "search/visual_search.html", context, status=503)
-    context.update(search=found, results=found.results, preview=preview_data_url(content))
+    # Not counted as served for the A/B rates: without the script these results cannot be clicked through a beacon
+    # or marked, so counting them would dilute the rates of whichever arm no-JS shoppers land in.
+    context.update(
+        search=found,
+        results=found.results,
+        preview=preview_data_url(content),
+        model_version=version.model_version if version is not None else "",
+    )
     return render(request, "search/visual_search.html", context)
