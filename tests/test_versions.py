@@ -8,15 +8,17 @@ imagenet-efficientnet_lite0-128 (the default here) and imagenet-efficientnet_lit
 import json
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from tests.conftest import start_worker, stop_worker, wait_until
 from webapp.catalog import services
-from webapp.catalog.models import ProductImage
+from webapp.catalog.models import Product, ProductImage
 from webapp.search import activation, registry, versions
 from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
@@ -283,3 +285,105 @@ def test_admin_lists_versions_with_metrics(admin_client, tmp_path):
     assert "visnet-test-1" in body and "recall@1=0.42" in body
     version = ModelVersion.objects.get()
     assert admin_client.get(f"/admin/search/modelversion/{version.pk}/change/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_an_ab_candidate_is_embedded_beside_the_active_kept_current_by_ingestion_then_activated_without_a_full_reembed(
+    small_default, fashion_items, monkeypatch
+):
+    store = small_default
+    images = [
+        services.product_image_create(product=make_product(f"ab-{index}"), content=content)
+        for index, (content, _) in enumerate(fashion_items[52:56])
+    ]
+    search_services.images_ingest(image_ids=[i.pk for i in images])
+    old_collection = registry.get_vector_store().collection_name(V128)
+    v160, _ = versions.model_version_register(kind="imagenet", image_size=160)
+    new_collection = registry.get_vector_store().collection_name(V160)
+
+    assert activation.model_version_prepare_candidate(version=v160, share=0.2, queue=False) == "queued"
+    assert activation.catalog_reembed(version_id=v160.pk) is True
+    v160.refresh_from_db()
+    assert (v160.state, v160.ab_share, v160.embedded, v160.total) == ("candidate", 0.2, 4, 4)
+    assert store.active_collection() == old_collection  # the alias never moved
+    assert registry.active_version(fresh=True).model_version == V128
+    assert registry.candidate_version(fresh=True).model_version == V160
+    assert {r["model_version"] for r in collection_rows(store, new_collection)} == {V160}
+    assert set(ProductImage.objects.values_list("model_version", flat=True)) == {V128}  # stamps follow the active
+    assert activation.model_version_prepare_candidate(version=v160, share=0.3) == "updated"
+    # The catalog so far was ingested and last edited a while ago (catch-up looks at the last seconds only).
+    long_ago = timezone.now() - timedelta(hours=1)
+    ProductImage.objects.update(created_at=long_ago, embedded_at=long_ago)
+    Product.objects.update(updated_at=long_ago)
+
+    # While it is a candidate, ingestion, price edits and deletes reach its collection too.
+    late = services.product_image_create(product=make_product("ab-late"), content=fashion_items[57][0])
+    search_services.images_ingest(image_ids=[late.pk])
+    assert late.pk in {r["image_id"] for r in collection_rows(store, new_collection)}
+    assert late.pk in {r["image_id"] for r in collection_rows(store, old_collection)}
+    product = images[1].product
+    product.price = Decimal("5.00")
+    product.save()
+    search_services.product_vectors_sync(product_id=product.pk)
+    assert {r["price"] for r in store.collection(new_collection).rows_for_product(product.pk, with_vectors=False)} == {
+        5.0
+    }
+    gone = images[0].pk
+    ProductImage.objects.filter(pk=gone).delete()
+    search_services.image_vectors_remove(image_ids=[gone])
+    assert gone not in {r["image_id"] for r in collection_rows(store, new_collection)}
+
+    # Activating the candidate: a catch-up pass (only what changed lately), then the swap.
+    embedded = []
+    real_embed_into = activation._embed_into
+
+    def counting_embed_into(embedder, version, batch, collection):
+        embedded.extend(image.pk for image in batch)
+        return real_embed_into(embedder, version, batch, collection)
+
+    monkeypatch.setattr(activation, "_embed_into", counting_embed_into)
+    assert activation.model_version_activate(version=v160, queue=False) == "queued"
+    assert activation.catalog_reembed(version_id=v160.pk) is True
+    assert set(embedded) <= {late.pk, images[1].pk}, embedded  # changed in the last seconds; never the whole catalog
+    v160.refresh_from_db()
+    assert (v160.state, v160.ab_share) == ("active", 0.0)
+    assert store.active_collection() == new_collection
+    assert ModelVersion.objects.get(model_version=V128).state == "standby"
+    assert sorted(r["image_id"] for r in collection_rows(store, new_collection)) == sorted(
+        [i.pk for i in images[1:]] + [late.pk]
+    )
+    registry.reset_active_version_cache()
+    assert registry.candidate_version(fresh=True) is None
+    assert top_product(fashion_items[57][0]) == late.product_id
+
+
+@pytest.mark.django_db
+def test_ending_an_ab_test_keeps_the_collection_and_a_broken_candidate_never_stops_ingestion(
+    small_default, fashion_items, tmp_path
+):
+    store = small_default
+    image = services.product_image_create(product=make_product("end-1"), content=fashion_items[58][0])
+    search_services.images_ingest(image_ids=[image.pk])
+    v160, _ = versions.model_version_register(kind="imagenet", image_size=160)
+    activation.model_version_prepare_candidate(version=v160, share=0.1, queue=False)
+    with pytest.raises(activation.VersionError, match="already in an A/B test"):
+        other, _ = versions.model_version_register(kind="imagenet", image_size=192)
+        activation.model_version_prepare_candidate(version=other, share=0.1, queue=False)
+    activation.catalog_reembed(version_id=v160.pk)
+    activation.model_version_end_candidate(version=v160)
+    v160.refresh_from_db()
+    assert (v160.state, v160.ab_share) == ("registered", 0.0)  # never active: not a rollback target
+    assert store.has_collection(registry.get_vector_store().collection_name(V160))  # kept until pruned
+    with pytest.raises(activation.VersionError):
+        activation.model_version_end_candidate(version=v160)
+
+    # A candidate whose artifact vanished: ingestion marks it failed and goes on with the active version.
+    broken = versions.model_version_register(artifact_dir=write_artifact(tmp_path / "visnet-broken", "visnet-broken"))[
+        0
+    ]
+    ModelVersion.objects.filter(pk=broken.pk).update(state="candidate", ab_share=0.1)
+    late = services.product_image_create(product=make_product("end-2"), content=fashion_items[59][0])
+    report = search_services.images_ingest(image_ids=[late.pk])
+    assert report.ready == [late.pk]
+    broken.refresh_from_db()
+    assert broken.state == "failed" and broken.ab_share == 0 and "candidate" in broken.error

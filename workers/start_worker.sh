@@ -3,6 +3,11 @@
 #   workers/start_worker.sh [QUEUES] [extra celery args...]
 # QUEUES defaults to CELERY_QUEUES or "ingest,default". Tasks live beside each Django app
 # (webapp/<app>/tasks.py); models load lazily in the child process, never in the prefork parent.
+# Roles: `ingest,default` (ingestion, re-embeds), `localize` (the detector), `train` (retraining, one run at a time,
+# a fresh child per run):
+#   CELERY_PREFETCH=1 workers/start_worker.sh train -n train@%h --max-tasks-per-child 1
+# On a GPU machine run that line there, with the shared DATABASE_URL, CELERY_BROKER_URL, MILVUS_URI and a
+# TRAINED_MODELS_DIR every embedding worker can read; RETRAIN_CONFIG empty picks configs/visnet_retrain_gpu.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CELERY=${CELERY:-.venv/bin/celery}

@@ -79,6 +79,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     time_budget_s: float | None = None
+    # an artifact directory to fine-tune from: its "model" section replaces this config's, its weights start the run
+    init_from: str | None = None
     max_steps_per_epoch: int | None = None
     cpu_bf16: bool | str = "auto"  # bfloat16 autocast on CPUs that support it (features cache and training steps)
     class_batches: bool = True  # batches drawn from one class at a time

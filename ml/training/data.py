@@ -17,7 +17,8 @@ def load_bench(data_cfg: DataConfig, progress: bool = True) -> Any:
         return build_synthetic_benchmark(data_cfg.size, seed=data_cfg.seed)
     from ml.data.street2shop import build_benchmark
 
-    return build_benchmark(size=data_cfg.size, seed=data_cfg.seed, progress=progress)
+    # data.loader_workers bounds the builder's processes too (1: none forked, e.g. inside a Celery worker)
+    return build_benchmark(size=data_cfg.size, seed=data_cfg.seed, progress=progress, workers=data_cfg.loader_workers)
 
 
 def query_indices(bench: Any, split: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Which triplets an epoch trains on, in which order, cut into which batches.
 
 Per epoch: every street triplet once (mix.street) plus a share of catalog triplets (mix.catalog, relative to the
-street count), out-of-class negatives only during the curriculum epochs. Batches are either random, or drawn
+street count), out-of-class negatives only during the curriculum epochs, plus every curated triplet (`always`:
+e.g. approved in review), whatever the mix. Batches are either random, or drawn
 from one class at a time (class_batches: the in-batch negatives are then all same-category, hard ones).
 """
 
@@ -68,31 +69,44 @@ class EpochSampler:
         n_classes: int,
         label_of: Callable[[MinedTriplet], int],
         rng: np.random.Generator,
+        n_always: int = 0,
     ) -> None:
         self.cfg, self.label_of, self.rng = cfg, label_of, rng
         mix = cfg.mix
         self.n_street = int(round(n_street * float(mix.get("street", 1.0))))
         base = n_street if n_street else n_catalog_available
         self.n_catalog = min(int(round(base * float(mix.get("catalog", 0)))), n_catalog_available)
-        steps = max(1, math.ceil((self.n_street + self.n_catalog) / int(cfg.batch_size)))
+        steps = max(1, math.ceil((self.n_street + self.n_catalog + n_always) / int(cfg.batch_size)))
         if cfg.class_batches:
             steps += n_classes  # one partial batch per class
         if cfg.max_steps_per_epoch:
             steps = min(steps, int(cfg.max_steps_per_epoch))
         self.steps_per_epoch = steps
 
-    def choose(self, street: Sequence[MinedTriplet], catalog: Sequence[MinedTriplet], easy: bool) -> list[MinedTriplet]:
+    def choose(
+        self,
+        street: Sequence[MinedTriplet],
+        catalog: Sequence[MinedTriplet],
+        easy: bool,
+        always: Sequence[MinedTriplet] = (),
+    ) -> list[MinedTriplet]:
         pick_street = _easy(list(street)) if easy else list(street)
         pick_cat = _easy(list(catalog)) if easy else list(catalog)
         chosen = [pick_street[i] for i in self.rng.permutation(len(pick_street))[: self.n_street]]
         if self.n_catalog and pick_cat:
             drawn = self.rng.choice(len(pick_cat), min(self.n_catalog, len(pick_cat)), replace=False)
             chosen += [pick_cat[i] for i in drawn]
-        return chosen
+        return chosen + list(always)
 
-    def epoch(self, epoch: int, street: Sequence[MinedTriplet], catalog: Sequence[MinedTriplet]) -> Epoch:
+    def epoch(
+        self,
+        epoch: int,
+        street: Sequence[MinedTriplet],
+        catalog: Sequence[MinedTriplet],
+        always: Sequence[MinedTriplet] = (),
+    ) -> Epoch:
         easy = epoch <= int(self.cfg.curriculum_epochs or 0)
-        chosen = self.choose(street, catalog, easy)
+        chosen = self.choose(street, catalog, easy, always)
         batch_size = int(self.cfg.batch_size)
         if self.cfg.class_batches:
             labels = np.array([self.label_of(t) for t in chosen])

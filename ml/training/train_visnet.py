@@ -2,6 +2,12 @@
 
     python -m ml.training.train_visnet --config configs/visnet.yaml [--size small|full] [--out DIR]
         [--approved-triplets FILE] [--triplets FILE] [--triplets-out FILE] [--epochs N] [--quiet]
+        [--plus-approved FILE] [--init-from ARTIFACT_DIR]
+
+--plus-approved trains the approved rows of a reviewed file every epoch ON TOP of the mined triplets (a retrain:
+"approved triplets plus the base data"; rows whose images the benchmark lacks or holds out for evaluation are
+skipped and counted), where --approved-triplets trains on them alone. --init-from fine-tunes a trained artifact
+(its architecture replaces the config's) and evaluates it beside the new model on the same splits.
 
 Frozen deep branch: its pooled features for every image involved (shop items and street crops) are computed
 once and cached on disk (var/visnet-cache/), together with the small copies the shallow branches see; training
@@ -38,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--triplets", default=None, help="JSONL of triplets: train on all its rows")
     parser.add_argument("--triplets-out", default=None, help="also write the mined triplets to this JSONL")
+    parser.add_argument(
+        "--plus-approved", default=None, help="JSONL of reviewed triplets: its approved rows train on top of the mined"
+    )
+    parser.add_argument("--init-from", default=None, help="artifact directory to fine-tune (sets train.init_from)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quiet", action="store_true")
     return parser
@@ -61,10 +71,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides.setdefault("data", {})["size"] = args.size
     if args.epochs:
         overrides.setdefault("train", {})["epochs"] = args.epochs
+    if args.init_from:
+        overrides.setdefault("train", {})["init_from"] = str(Path(args.init_from).resolve())
     config = load_config(args.config, overrides)
     triplets, source = _given_triplets(args)
     out = args.out or str(ROOT / "models" / f"visnet-{Path(args.config).stem}")
-    result = train(config, out, triplets=triplets, triplets_source=source, progress=not args.quiet)
+    curated = load_triplets(args.plus_approved, approved_only=True) if args.plus_approved else None
+    result = train(
+        config,
+        out,
+        triplets=triplets,
+        triplets_source=source,
+        progress=not args.quiet,
+        curated=curated,
+        curated_source=f"approved:{args.plus_approved}" if curated is not None else "curated",
+    )
     if args.triplets_out:
         save_triplets(result["triplets"], args.triplets_out)
         print(f"wrote {len(result['triplets'])} triplets to {args.triplets_out}", flush=True)

@@ -5,6 +5,14 @@ a NEW collection (`<prefix>_<model_version>`) while the product keeps reading th
 catch-up passes for images ingested or edited meanwhile, then points the alias at the new collection
 (one atomic alias swap: no downtime). The previous version becomes standby and its collection is kept,
 so rolling back is another alias swap. Every step is idempotent: re-running resumes or does nothing.
+
+A/B candidates: `model_version_prepare_candidate` runs the same re-embed but, instead of swapping, leaves the
+version CANDIDATE serving `ab_share` of shoppers (webapp.search.experiments). While it is prepared (state
+embedding with `ab_share` > 0: the share it will serve) and while it is a candidate, ingestion writes its
+collection too (webapp.search.services), so activating a candidate only runs a catch-up pass before the swap.
+
+Old collections are dropped only when asked (`collections_prune`: `manage.py prune_collections`, the admin); the
+active, candidate and embedding versions' collections and the most recent standby one are never dropped.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import OperationalError, transaction
-from django.db.models import Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from ml.detection.crops import embed_items
@@ -39,6 +48,7 @@ MAX_CATCH_UP_PASSES = 3
 REEMBED_STATUSES = (ProductImage.Status.READY,)
 KEEP_STATUSES = (ProductImage.Status.READY, ProductImage.Status.PENDING, ProductImage.Status.PROCESSING)
 TRANSIENT = (VectorStoreUnavailable, OperationalError, ConnectionError, TimeoutError)
+MAX_AB_SHARE = 0.5  # a candidate never serves most shoppers: activate it instead
 
 State = ModelVersion.State
 
@@ -65,12 +75,19 @@ def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if locked.state == State.ACTIVE:
             return "active"
-        if locked.state != State.EMBEDDING:
+        if locked.state == State.CANDIDATE:
+            # Ingestion kept its collection current: the task only catches up from now on, then swaps.
+            newest = _eligible().aggregate(newest=Max("pk"))["newest"] or 0
+            locked.reembed_cursor = max(locked.reembed_cursor, newest)
+            locked.reembed_started_at = timezone.now()
+            locked.total = locked.embedded = max(locked.embedded, _eligible().count())
+        elif locked.state != State.EMBEDDING:
             # A fresh start (registered, failed, or a standby version re-embedded from scratch).
             locked.embedded = locked.total = 0
             locked.reembed_cursor = 0
             locked.reembed_started_at = None
         locked.state = State.EMBEDDING
+        locked.ab_share = 0.0  # activating: no longer an A/B candidate (or one being prepared)
         locked.error = ""
         locked.task_token = token
         locked.save()
@@ -83,7 +100,7 @@ def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
 
 def model_version_mark_failed(*, version_id: int, reason: str) -> None:
     ModelVersion.objects.filter(pk=version_id).exclude(state=State.ACTIVE).update(
-        state=State.FAILED, error=reason[:4000], task_token="", updated_at=timezone.now()
+        state=State.FAILED, error=reason[:4000], task_token="", ab_share=0.0, updated_at=timezone.now()
     )
     logger.error("model version %s failed: %s", version_id, reason)
 
@@ -153,6 +170,9 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
     since, seen = _catch_up_passes(version, embedder, collection, batch_size)
     _prune(collection)
     registry.get_vector_store().flush(collection)
+    if version.ab_share > 0:
+        _become_candidate(version)
+        return True
     if not _swap(version, collection):
         return True
     # Images the old version ingested while we swapped, then stamp every vector's version on its image.
@@ -261,6 +281,23 @@ def _swap(version: ModelVersion, collection: str) -> bool:
     return True
 
 
+def _become_candidate(version: ModelVersion) -> bool:
+    """The re-embed of a candidate is done: it serves its A/B share from now on; the alias does not move."""
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.state != State.EMBEDDING or locked.task_token != version.task_token or locked.ab_share <= 0:
+            logger.info("preparation of candidate %s superseded", version.model_version)
+            return False
+        locked.state = State.CANDIDATE
+        locked.error = ""
+        locked.embedded = max(version.embedded, locked.embedded)
+        locked.reembed_cursor = version.reembed_cursor
+        locked.save()
+    registry.reset_active_version_cache()
+    logger.info("model version %s is an A/B candidate serving %.0f%%", version.model_version, 100 * locked.ab_share)
+    return True
+
+
 def _catch_up(embedder: Embedder, version: ModelVersion, collection: str, since, seen: dict, batch_size: int) -> int:
     """Re-embed the images created, re-ingested or edited since `since` that this run has not yet
     embedded in their current state (`seen`: image id -> its change marks when we embedded it)."""
@@ -354,7 +391,7 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
             raise VersionError(f"{version.model_version} is {locked.state}")
         others = list(
             ModelVersion.objects.select_for_update()
-            .filter(state__in=[State.ACTIVE, State.EMBEDDING])
+            .filter(Q(state=State.ACTIVE) | Q(state=State.EMBEDDING, ab_share__lte=0))  # a candidate stays
             .exclude(pk=version.pk)
         )
         store.point_alias(collection)
@@ -385,3 +422,142 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
     )
     version.refresh_from_db()
     return version
+
+
+# A/B candidates --------------------------------------------------------------------------------
+def _in_ab_test():
+    return Q(state=State.CANDIDATE) | Q(state=State.EMBEDDING, ab_share__gt=0)
+
+
+def model_version_prepare_candidate(*, version: ModelVersion, share: float, queue: bool = True) -> str:
+    """Re-embed the catalog into `version`'s own collection in the background WITHOUT moving the alias; when done
+    the version is a candidate serving `share` (0 < share <= MAX_AB_SHARE) of shoppers.
+
+    Returns "queued" (preparation started), "preparing" (already being prepared: share updated) or "updated"
+    (already a candidate: share changed at once). One A/B test at a time: VersionError while another version is
+    in one, and for the active version or one being activated.
+    """
+    share = float(share)
+    if not 0 < share <= MAX_AB_SHARE:
+        raise VersionError(f"the A/B share must be more than 0% and at most {MAX_AB_SHARE:.0%}, not {share:.0%}")
+    default_version_ensure()
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.state == State.CANDIDATE or (locked.state == State.EMBEDDING and locked.ab_share > 0):
+            outcome = "updated" if locked.state == State.CANDIDATE else "preparing"
+            locked.ab_share = share
+            locked.save(update_fields=["ab_share", "updated_at"])
+            registry.reset_active_version_cache()
+            version.refresh_from_db()
+            return outcome
+        if locked.state == State.ACTIVE:
+            raise VersionError(f"{locked.model_version} is the active version; an A/B test needs another version")
+        if locked.state == State.EMBEDDING:
+            raise VersionError(f"{locked.model_version} is being activated; wait, or roll back first")
+        other = ModelVersion.objects.select_for_update().filter(_in_ab_test()).exclude(pk=locked.pk).first()
+        if other is not None:
+            raise VersionError(f"{other.model_version} is already in an A/B test; end it first")
+        locked.embedded = locked.total = 0
+        locked.reembed_cursor = 0
+        locked.reembed_started_at = None
+        locked.state = State.EMBEDDING
+        locked.ab_share = share
+        locked.error = ""
+        locked.task_token = token
+        locked.save()
+        if queue:
+            dispatch.reembed_queue_on_commit(version_id=locked.pk, token=token)
+    version.refresh_from_db()
+    logger.info("preparing %s as an A/B candidate (%.0f%%)", version.model_version, 100 * share)
+    return "queued"
+
+
+def model_version_end_candidate(*, version: ModelVersion) -> ModelVersion:
+    """End an A/B test (or its preparation): the version serves nobody, its share is 0.
+
+    It goes back to standby when it had been active before (its collection, kept, is a rollback target), else to
+    registered; its collection is kept either way until `collections_prune` is asked to drop it.
+    """
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if not (locked.state == State.CANDIDATE or (locked.state == State.EMBEDDING and locked.ab_share > 0)):
+            raise VersionError(f"{locked.model_version} is not in an A/B test (it is {locked.state})")
+        locked.state = State.STANDBY if locked.activated_at else State.REGISTERED
+        locked.ab_share = 0.0
+        locked.task_token = ""  # a preparation still running stops at its next check
+        locked.save()
+    registry.reset_active_version_cache()
+    logger.info("A/B test of %s ended; it is %s", locked.model_version, locked.state)
+    version.refresh_from_db()
+    return version
+
+
+# Pruning old collections -------------------------------------------------------------------------
+@dataclass
+class PrunePlan:
+    """Which collections of the store's prefix would be dropped, and which are kept, each with the reason."""
+
+    keep_standby: int
+    drop: list[tuple[str, str]] = field(default_factory=list)
+    keep: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def drop_names(self) -> list[str]:
+        return [name for name, _ in self.drop]
+
+
+def collections_prune_plan(*, keep: int) -> PrunePlan:
+    """What `collections_prune(keep=N)` would drop. Never dropped: the alias target, the collections of the active,
+    candidate and embedding versions, and of the N most recent standby versions (N >= 1: the latest one always)."""
+    keep = max(1, int(keep))
+    store = registry.get_vector_store()
+    plan = PrunePlan(keep_standby=keep)
+    by_collection = {store.collection_name(v.model_version): v for v in ModelVersion.objects.all()}
+    standby = ModelVersion.objects.filter(state=State.STANDBY).order_by(
+        F("deactivated_at").desc(nulls_last=True), "-id"
+    )
+    kept_standby = {v.pk for v in standby[:keep]}
+    alias_target = store.active_collection()
+    for name in sorted(store.list_collections()):
+        version = by_collection.get(name)
+        if name == alias_target:
+            plan.keep.append((name, "the alias points at it"))
+        elif version is None:
+            plan.drop.append((name, "no registered version uses it"))
+        elif version.state in (State.ACTIVE, State.CANDIDATE, State.EMBEDDING):
+            plan.keep.append((name, f"{version.model_version} is {version.get_state_display().lower()}"))
+        elif version.pk in kept_standby:
+            plan.keep.append((name, f"{version.model_version}: one of the {keep} most recent standby versions"))
+        elif version.state == State.STANDBY:
+            plan.drop.append((name, f"{version.model_version}: an older standby version (it can then be re-activated)"))
+        else:
+            plan.drop.append((name, f"{version.model_version} is {version.get_state_display().lower()}"))
+    return plan
+
+
+def collections_prune(*, keep: int, only: list[str] | None = None) -> list[str]:
+    """Drop the collections `collections_prune_plan(keep=N)` lists (of them, only those in `only` when given: what a
+    person confirmed); returns the names dropped. Each version is re-checked under its row lock just before its
+    collection goes; a pruned standby version becomes registered (activating it re-embeds the catalog)."""
+    plan = collections_prune_plan(keep=keep)
+    store = registry.get_vector_store()
+    dropped = []
+    for name in plan.drop_names:
+        if only is not None and name not in only:
+            continue
+        with transaction.atomic():
+            versions = [
+                v for v in ModelVersion.objects.select_for_update() if store.collection_name(v.model_version) == name
+            ]
+            if any(v.state in (State.ACTIVE, State.CANDIDATE, State.EMBEDDING) for v in versions):
+                continue  # it changed since the plan was made
+            if name == store.active_collection():
+                continue
+            store.drop_collection(name)
+            ModelVersion.objects.filter(pk__in=[v.pk for v in versions if v.state == State.STANDBY]).update(
+                state=State.REGISTERED, updated_at=timezone.now()
+            )
+        dropped.append(name)
+        logger.info("pruned collection %s", name)
+    return dropped

@@ -3,12 +3,20 @@
 Routing (which queue a task goes to) is in settings.CELERY_TASK_ROUTES, keyed by these names.
 Writes queue their work once the transaction commits (`*_on_commit`), so a worker never sees a row
 that is not there yet, and a rolled-back write queues nothing.
+
+The catalog's on-commit messages (ingest, vector removal, field sync) never fail the write that queued them: by
+then the row is saved, so a broker that is down is logged and the work is left to `reconcile_vectors` (Celery
+beat), which re-queues images left pending, deletes vectors of deleted images and rewrites stale fields.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from celery.result import AsyncResult
 from django.db import transaction
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from webapp.celery import app
 
@@ -17,7 +25,24 @@ REMOVE_IMAGE_VECTORS = "search.remove_image_vectors"
 SYNC_PRODUCT_VECTORS = "search.sync_product_vectors"
 REEMBED_CATALOG = "search.reembed_catalog"
 LOCALIZE_PHOTO = "search.localize_photo"
+RETRAIN_MODEL = "search.retrain_model"  # the `train` queue
+NIGHTLY_RETRAIN = "search.nightly_retrain"
+RECONCILE_VECTORS = "search.reconcile_vectors"
 INGEST_BATCH_SIZE = 32
+
+logger = logging.getLogger(__name__)
+
+
+def _publish_after_commit(what: str, publish: Callable[[], object]) -> None:
+    """Run `publish` once the transaction commits; a broker failure is logged, never raised into the write."""
+
+    def run() -> None:
+        try:
+            publish()
+        except (BrokerUnavailable, OSError) as exc:
+            logger.error("broker unreachable, %s not queued (reconcile_vectors will pick it up): %s", what, exc)
+
+    transaction.on_commit(run)
 
 
 def ingest_queue(*, image_ids: list[int], batch_size: int = INGEST_BATCH_SIZE) -> int:
@@ -29,17 +54,22 @@ def ingest_queue(*, image_ids: list[int], batch_size: int = INGEST_BATCH_SIZE) -
 
 
 def ingest_queue_on_commit(*, image_ids: list[int]) -> None:
+    """Queue ingestion after the commit; with the broker down the images stay pending until reconcile."""
     ids = list(image_ids)
-    transaction.on_commit(lambda: ingest_queue(image_ids=ids))
+    _publish_after_commit(f"ingestion of images {ids[:10]}", lambda: ingest_queue(image_ids=ids))
 
 
 def image_vectors_removal_on_commit(*, image_ids: list[int]) -> None:
     ids = list(image_ids)
-    transaction.on_commit(lambda: app.send_task(REMOVE_IMAGE_VECTORS, args=[ids]))
+    _publish_after_commit(
+        f"vector removal of images {ids[:10]}", lambda: app.send_task(REMOVE_IMAGE_VECTORS, args=[ids])
+    )
 
 
 def product_vectors_sync_on_commit(*, product_id: int) -> None:
-    transaction.on_commit(lambda: app.send_task(SYNC_PRODUCT_VECTORS, args=[product_id]))
+    _publish_after_commit(
+        f"vector sync of product {product_id}", lambda: app.send_task(SYNC_PRODUCT_VECTORS, args=[product_id])
+    )
 
 
 def reembed_queue(*, version_id: int, token: str, countdown: int | None = None) -> None:
@@ -48,6 +78,10 @@ def reembed_queue(*, version_id: int, token: str, countdown: int | None = None) 
 
 def reembed_queue_on_commit(*, version_id: int, token: str, countdown: int | None = None) -> None:
     transaction.on_commit(lambda: reembed_queue(version_id=version_id, token=token, countdown=countdown))
+
+
+def retrain_queue_on_commit(*, run_id: int) -> None:
+    transaction.on_commit(lambda: app.send_task(RETRAIN_MODEL, args=[run_id]))
 
 
 def localize_send(*, payload: str, expires: float) -> AsyncResult:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from PIL import Image
 
@@ -17,7 +18,7 @@ from webapp.catalog.models import Product, ProductImage
 from webapp.search import registry
 from webapp.search.localization import LocalizationUnavailable, detect_items
 from webapp.search.models import ModelVersion
-from webapp.search.vector_store import MilvusVectorStore
+from webapp.search.vector_store import MilvusVectorStore, VectorStoreUnavailable
 from webapp.search.versions import default_version_ensure
 
 logger = logging.getLogger(__name__)
@@ -115,13 +116,53 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
         ],
         collection=collection,
     )
+    _ingest_into_candidates([(image, pictures) for image, pictures, _ in prepared], serving=used)
     for image, _, thumbnail in prepared:
         if _mark_ready(image, thumbnail, embedder.model_version):
             report.ready.append(image.pk)
         else:  # deleted while we embedded it: do not leave its vector behind
             registry.get_vector_store().collection(collection).delete_images([image.pk])
+            for store in _kept_stores():
+                store.delete_images([image.pk])
             report.missing.append(image.pk)
     return report
+
+
+def ab_versions() -> list[ModelVersion]:
+    """The A/B candidate and a version being prepared as one: ingestion keeps their collections current too."""
+    return list(
+        ModelVersion.objects.filter(
+            Q(state=ModelVersion.State.CANDIDATE) | Q(state=ModelVersion.State.EMBEDDING, ab_share__gt=0)
+        )
+    )
+
+
+def _ingest_into_candidates(prepared: list[tuple[ProductImage, list[Image.Image]]], serving: ModelVersion) -> None:
+    """Embed the batch with each A/B candidate too and upsert it into the candidate's collection, so activating a
+    candidate needs no full re-embed. A candidate that cannot embed is marked failed (it stops serving); ingestion
+    of the active version goes on. A vector-store outage propagates (the batch is retried)."""
+    for candidate in ab_versions():
+        if candidate.model_version == serving.model_version:
+            continue
+        try:
+            embedder = registry.embedder_for(candidate)
+            vectors = embed_items(embedder, [pictures for _, pictures in prepared])
+            store = registry.get_vector_store()
+            name = store.create_collection(candidate.model_version, embedder.dim)
+            rows = [
+                vector_row(image, vector, candidate.model_version)
+                for (image, _), vector in zip(prepared, vectors, strict=True)
+            ]
+            store.upsert(rows, collection=name)
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 (a broken candidate must not stop ingestion)
+            reason = f"ingestion could not embed with the candidate: {type(exc).__name__}: {exc}"
+            ModelVersion.objects.filter(pk=candidate.pk).update(
+                state=ModelVersion.State.FAILED, error=reason[:4000], ab_share=0.0, task_token=""
+            )
+            registry.reset_active_version_cache()
+            logger.error("A/B candidate %s failed: %s", candidate.model_version, reason)
 
 
 def _mark_ready(image: ProductImage, thumbnail: bytes, model_version: str) -> bool:
@@ -189,4 +230,10 @@ def product_vectors_sync(*, product_id: int) -> int:
     for row in rows:
         row.update(category_id=product.category_id, price=float(product.price), in_stock=bool(product.in_stock))
     store.upsert(rows)
+    for candidate in ab_versions():  # a candidate serves shoppers: its filters must see the edit too
+        view = registry.version_store(candidate)
+        candidate_rows = view.rows_for_product(product_id)
+        for row in candidate_rows:
+            row.update(category_id=product.category_id, price=float(product.price), in_stock=bool(product.in_stock))
+        view.upsert(candidate_rows)
     return len(rows)

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from celery import shared_task
 
-from webapp.search import activation, dispatch, localization, services
+from webapp.search import activation, dispatch, localization, reconcile, services, training
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +87,28 @@ def reembed_catalog(self, version_id: int, token: str = "") -> dict:
 def localize_photo(payload: str) -> dict:
     """Boxes of the items in a photo; a web request is waiting for the answer (no retries: it would be late)."""
     return localization.localize_payload(payload)
+
+
+@shared_task(name=dispatch.RETRAIN_MODEL, acks_late=True)
+def retrain_model(run_id: int) -> dict:
+    """Train a new VisNet version from approved plus mined triplets (`train` queue; see webapp.search.training).
+
+    No retries: a failed run is recorded on its row with the reason, and a person starts another. acks_late: a
+    worker that dies mid-run gets the run delivered again, and it starts over.
+    """
+    run = training.training_run_execute(run_id=run_id)
+    return {"run_id": run_id, "state": run.state if run is not None else "missing"}
+
+
+@shared_task(name=dispatch.NIGHTLY_RETRAIN)
+def nightly_retrain() -> dict:
+    """Beat's nightly job: start a retrain when NIGHTLY_RETRAIN is on and enough new triplets were approved."""
+    run = training.training_nightly_maybe_start()
+    return {"started": run.pk if run is not None else None}
+
+
+@shared_task(name=dispatch.RECONCILE_VECTORS)
+def reconcile_vectors() -> dict:
+    """Beat's periodic consistency check: repair what drifted between the catalog and the vector store."""
+    reports = reconcile.vectors_reconcile(repair=True)
+    return {report.collection: report.counts() for report in reports}
