@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
@@ -83,3 +84,47 @@ class ProductImage(models.Model):
 
     def __str__(self):
         return f"Image {self.pk} of product {self.product_id} ({self.status})"
+
+
+class DuplicatePair(models.Model):
+    """Two products whose images look near-identical (the same item listed twice), for a merchandiser to decide.
+
+    Found by `webapp.catalog.duplicates.near_duplicates_find`; product_a has the lower id. A merged pair is kept as
+    the record of the merge: the product merged away is deleted (its side becomes empty, `removed_product` says
+    what it was).
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        MERGED = "merged", "Merged"
+        DISMISSED = "dismissed", "Dismissed (not duplicates)"
+
+    product_a = models.ForeignKey(
+        Product, on_delete=models.SET_NULL, null=True, blank=True, related_name="duplicate_pairs_as_a"
+    )
+    product_b = models.ForeignKey(
+        Product, on_delete=models.SET_NULL, null=True, blank=True, related_name="duplicate_pairs_as_b"
+    )
+    similarity = models.FloatField(help_text="Best cosine similarity between an image of A and an image of B.")
+    model_version = models.CharField(max_length=120, help_text="The model version whose vectors were compared.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.OPEN, db_index=True)
+    removed_product = models.CharField(
+        max_length=500, blank=True, help_text="The product merged away (id, SKU, title), kept after it is deleted."
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-similarity", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["product_a", "product_b"], name="duplicate_pair_once"),
+            models.CheckConstraint(
+                condition=models.Q(product_a__lt=models.F("product_b")), name="duplicate_pair_a_lt_b"
+            ),
+        ]
+
+    def __str__(self):
+        return f"Products {self.product_a_id} and {self.product_b_id} ({self.similarity:.3f}, {self.status})"
