@@ -8,7 +8,10 @@ References are strings:
 Catalog triplets: anchor = a shop image, positive = one of its nearest SAME-CLASS neighbours by BISS,
 negatives = far same-class items (in-class) and random other-class items (out-of-class).
 Street triplets: anchor = a street crop, positive = its exact shop item, negatives = the positive's
-nearest same-class catalog neighbours by BISS (hard, in-class) plus random out-of-class items.
+nearest same-class catalog neighbours by BISS (hard, in-class) plus random out-of-class items. With
+positive_source="scorer" the positive is proposed instead, as in the paper before people checked it: the street
+crop's nearest same-category catalog images by BISS (the crop's category is known, its exact item is not), so
+some proposed positives are wrong and review has something to reject.
 
 Records carry a `status` ("pending" | "approved" | "rejected") so merchandisers can review them;
 training takes all rows or only the approved ones (`load_triplets(path, approved_only=True)`).
@@ -197,11 +200,21 @@ def mine_street_triplets(
     out_of_class_negatives: int = 1,
     seed: int = 0,
     source: str = "biss-ensemble",
+    positive_source: str = "truth",
+    query_features: np.ndarray | None = None,
+    positives_per_query: int = 1,
 ) -> list[MinedTriplet]:
-    """Street triplets: (street crop, its exact shop item, BISS-nearest same-class other items / random
-    out-of-class items). Negatives are the positive's nearest catalog neighbours in `pool` (default: the
-    split's shop items, positives always included). `queries`: indices into bench.items (default: all
-    items of `split`). `features`: L2-normalised BISS rows aligned with `pool`."""
+    """Street triplets: (street crop, its positive, BISS-nearest same-class other items / random out-of-class
+    items). Negatives are the positive's nearest catalog neighbours in `pool` (default: the split's shop items).
+    `queries`: indices into bench.items (default: all items of `split`). `features`: L2-normalised BISS rows
+    aligned with `pool`.
+
+    positive_source "truth": the positive is the street item's exact shop item (it must be in the pool).
+    "scorer": the positives are the crop's `positives_per_query` nearest same-category pool items by BISS
+    (see propose_street_positives; `query_features` are the crops' BISS rows aligned with `queries`, computed
+    with `scorer` when not given) - no exact-item ground truth is used."""
+    if positive_source not in ("truth", "scorer"):
+        raise ValueError(f"positive_source must be 'truth' or 'scorer', not {positive_source!r}")
     rng = np.random.default_rng(seed)
     if queries is None:
         queries = [i for i, item in enumerate(bench.items) if item.split == split]
@@ -210,14 +223,26 @@ def mine_street_triplets(
         pool if pool is not None else np.flatnonzero(np.asarray(bench.shop_split) == split), dtype=np.int64
     )
     pos_in_pool = {int(s): j for j, s in enumerate(pool_ids)}
-    missing = [q for q in query_list if int(bench.items[q].shop_index) not in pos_in_pool]
-    if missing:
-        raise ValueError(f"{len(missing)} street items have their shop item outside the pool")
+    if positive_source == "truth":
+        missing = [q for q in query_list if int(bench.items[q].shop_index) not in pos_in_pool]
+        if missing:
+            raise ValueError(f"{len(missing)} street items have their shop item outside the pool")
     if features is None:
         features = shop_features_for(bench, pool_ids, scorer)
     labels = np.asarray(bench.shop_labels)[pool_ids]
     triplets: list[MinedTriplet] = []
-    positives = np.array([pos_in_pool[int(bench.items[q].shop_index)] for q in query_list], dtype=np.int64)
+    if positive_source == "truth":
+        positives = np.array([pos_in_pool[int(bench.items[q].shop_index)] for q in query_list], dtype=np.int64)
+        pair_query = np.arange(len(query_list), dtype=np.int64)
+        positive_scores = np.ones(len(query_list), dtype=np.float32)
+        in_class_source, out_of_class_source = f"{source}:nn-of-positive", "random:out-of-class"
+    else:
+        if query_features is None:
+            query_features = street_crop_features(bench, query_list, scorer)
+        proposals = propose_street_positives(bench, query_list, pool_ids, features, query_features, positives_per_query)
+        pair_query, positives, positive_scores = proposals.query_rows, proposals.pool_rows, proposals.scores
+        in_class_source = f"{source}:proposed-positive:nn-of-positive"
+        out_of_class_source = f"{source}:proposed-positive:random-out-of-class"
     for cls in np.unique(labels[positives]) if len(positives) else []:
         members = np.flatnonzero(labels == cls)
         others = np.flatnonzero(labels != cls)
@@ -228,7 +253,7 @@ def mine_street_triplets(
             sim[members[None, :] == positives[chunk][:, None]] = -np.inf
             near = _topk_rows(sim, hard_k)
             for r, q_row in enumerate(chunk):
-                q = query_list[q_row]
+                q = query_list[pair_query[q_row]]
                 p = positives[q_row]
                 cand = near[r][np.isfinite(sim[r, near[r]])]
                 picks = cand[:hard_negatives] if hard_negatives <= len(cand) else cand
@@ -245,8 +270,8 @@ def mine_street_triplets(
                             positive=shop_ref(bench, pool_ids[p]),
                             negative=shop_ref(bench, pool_ids[members[n]]),
                             kind="street",
-                            source=f"{source}:nn-of-positive",
-                            positive_score=1.0,
+                            source=in_class_source,
+                            positive_score=float(positive_scores[q_row]),
                             negative_score=float(sim[r, n]),
                             negative_kind="in_class",
                         )
@@ -259,13 +284,76 @@ def mine_street_triplets(
                                 positive=shop_ref(bench, pool_ids[p]),
                                 negative=shop_ref(bench, pool_ids[n]),
                                 kind="street",
-                                source="random:out-of-class",
-                                positive_score=1.0,
+                                source=out_of_class_source,
+                                positive_score=float(positive_scores[q_row]),
                                 negative_score=float(features[p] @ features[n]),
                                 negative_kind="out_of_class",
                             )
                         )
     return triplets
+
+
+@dataclass
+class StreetProposals:
+    """Scorer-proposed street positives, one row per (query, proposal), best proposal of each query first."""
+
+    query_rows: np.ndarray  # index into the mining call's `queries`
+    pool_rows: np.ndarray  # index into its `pool`
+    scores: np.ndarray  # BISS similarity of the crop and the proposed item
+    ranks: np.ndarray  # 0 for a query's best proposal, 1 for the next, ...
+
+
+def street_crop_features(bench, queries: Sequence[int] | np.ndarray, scorer=None, context: float = 0.1) -> np.ndarray:
+    """BISS ensemble features of street crops (bench.items indices), with `scorer` (default: cheap scorers)."""
+    from ml.biss import default_ensemble
+
+    scorer = scorer or default_ensemble(cnn=False)
+    return scorer.features([bench.street_crop(bench.items[int(q)], context=context) for q in queries])
+
+
+def propose_street_positives(
+    bench,
+    queries: Sequence[int] | np.ndarray,
+    pool: Sequence[int] | np.ndarray,
+    features: np.ndarray,
+    query_features: np.ndarray,
+    per_query: int = 1,
+    query_labels: Sequence[int] | np.ndarray | None = None,
+) -> StreetProposals:
+    """Each street crop's `per_query` nearest pool items of its category by BISS (cosine of the rows).
+
+    The category of a crop is `query_labels` (default: its shop item's category - the photo's tag in
+    Street2Shop; the exact item is never looked at)."""
+    pool_ids = np.asarray(pool, dtype=np.int64)
+    query_list = [int(q) for q in queries]
+    if len(query_features) != len(query_list):
+        raise ValueError(f"{len(query_features)} query feature rows for {len(query_list)} queries")
+    if query_labels is None:
+        query_labels = [int(bench.shop_labels[int(bench.items[q].shop_index)]) for q in query_list]
+    q_labels = np.asarray(query_labels, dtype=np.int64)
+    labels = np.asarray(bench.shop_labels)[pool_ids]
+    rows: list[np.ndarray] = [np.zeros(0, np.int64)] * 4
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    for cls in np.unique(q_labels):
+        members = np.flatnonzero(labels == cls)
+        q_rows = np.flatnonzero(q_labels == cls)
+        if not len(members):
+            continue
+        sim = np.asarray(query_features[q_rows], dtype=np.float32) @ np.asarray(features[members], np.float32).T
+        top = _topk_rows(sim, per_query)
+        k = top.shape[1]
+        parts[0].append(np.repeat(q_rows, k))
+        parts[1].append(members[top].ravel())
+        parts[2].append(np.take_along_axis(sim, top, axis=1).ravel())
+        parts[3].append(np.tile(np.arange(k), len(q_rows)))
+    rows = [np.concatenate(p) if p else rows[i] for i, p in enumerate(parts)]
+    order = np.lexsort((rows[3], rows[0]))
+    return StreetProposals(
+        rows[0][order].astype(np.int64),
+        rows[1][order].astype(np.int64),
+        rows[2][order].astype(np.float32),
+        rows[3][order].astype(np.int64),
+    )
 
 
 # -- JSONL -----------------------------------------------------------------------------------------
