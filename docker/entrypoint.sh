@@ -19,13 +19,10 @@ case "$role" in
         if [ "${DJANGO_MIGRATE:-1}" = "1" ]; then
             python manage.py migrate --noinput
         fi
-        exec gunicorn webapp.wsgi:application \
-            --bind 0.0.0.0:8000 \
-            --workers "${WEB_CONCURRENCY:-4}" \
-            --threads 4 \
-            --timeout 60 \
-            --access-logfile - \
-            "$@"
+        # Limits, workers and the bind are in docker/gunicorn.conf.py. Inside the container gunicorn listens on
+        # every interface of the container's own network; Compose publishes the port on the host's 127.0.0.1 only.
+        export GUNICORN_BIND="${GUNICORN_BIND:-0.0.0.0:8000}" WEB_CONCURRENCY="${WEB_CONCURRENCY:-4}"
+        exec gunicorn webapp.wsgi:application -c /app/docker/gunicorn.conf.py "$@"
         ;;
     worker)
         # Prefork pool: the parent never embeds an image, so it never initialises CUDA; models load

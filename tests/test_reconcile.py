@@ -96,3 +96,13 @@ def test_the_command_reports_drift_and_repairs_it(catalog, capsys):
     call_command("reconcile_vectors")
     output = capsys.readouterr().out
     assert "clean" in output and "DRIFT" not in output
+
+
+def test_the_periodic_task_repairs_what_drifted(catalog):
+    from webapp.search.tasks import reconcile_vectors
+
+    catalog["store"].delete_images([catalog["images"][5]])
+    counts = next(iter(reconcile_vectors.apply().get().values()))
+    assert counts["missing"] == 1 and counts["requeued"] == 1
+    (after,) = vectors_reconcile()
+    assert after.clean, after.counts()

@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import transaction
 
 from webapp.catalog import services
-from webapp.catalog.images import InvalidImage, read_chunks, read_limited
+from webapp.catalog.images import InvalidImage, read_chunks, read_limited, validate_image_bytes
+from webapp.catalog.models import ProductImage
 
 REQUIRED_FIELDS = ("sku", "title", "price", "category")
 TRUE_WORDS = {"1", "true", "yes", "y", "in stock", "instock"}
@@ -104,6 +105,11 @@ def import_row(row: dict, base_dir: Path) -> tuple[bool, int]:
     if not sources:
         raise RowError("no image: give 'image' (a file path or an http(s) URL) or 'images'")
     contents = [(_fetch_image(source, base_dir), source) for source in sources]
+    for content, source in contents:  # every image judged before anything is written: a row is all or nothing
+        try:
+            validate_image_bytes(content)
+        except InvalidImage as exc:
+            raise InvalidImage(f"image {source!r}: {exc}") from None
 
     category = services.category_get_or_create(name=str(row["category"]))
     product, created = services.product_upsert(
@@ -116,11 +122,22 @@ def import_row(row: dict, base_dir: Path) -> tuple[bool, int]:
         attributes=attributes,
         in_stock=_parse_bool(row.get("in_stock", True)),
     )
-    for position, (content, source) in enumerate(contents):
-        is_url = urlparse(source).scheme in ("http", "https")
-        services.product_image_create(
-            product=product, content=content, source_url=source if is_url else "", position=position
-        )
+    kept = set(product.images.values_list("pk", flat=True))
+    stored: list[ProductImage] = []
+    try:
+        for position, (content, source) in enumerate(contents):
+            is_url = urlparse(source).scheme in ("http", "https")
+            stored.append(
+                services.product_image_create(
+                    product=product, content=content, source_url=source if is_url else "", position=position
+                )
+            )
+    except BaseException:
+        # The row's transaction rolls back its rows; the files it stored are not part of it.
+        for image in stored:
+            if image.pk not in kept and image.image.name:
+                image.image.storage.delete(image.image.name)
+        raise
     return created, len(contents)
 
 

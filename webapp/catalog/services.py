@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from decimal import Decimal
 
 from django.core.files.base import ContentFile
@@ -11,6 +13,12 @@ from django.utils.text import slugify
 from webapp.catalog.images import validate_image_bytes
 from webapp.catalog.models import Category, Product, ProductImage
 from webapp.search import dispatch
+
+logger = logging.getLogger(__name__)
+
+
+class ImageNotStored(OSError):
+    """The image could not be written to the media storage (disk full, folder not writable); nothing was kept."""
 
 
 def category_get_or_create(*, name: str) -> Category:
@@ -67,7 +75,8 @@ def product_image_create(*, product: Product, content: bytes, source_url: str = 
     """Validate the bytes, store them, and queue ingestion once the transaction commits.
 
     An image whose bytes are already on the product is returned as it is (re-imports stay idempotent).
-    Raises InvalidImage before anything is written.
+    Raises InvalidImage before anything is written, and ImageNotStored (nothing kept: no row, no partial file)
+    when the storage cannot take the file.
     """
     validated = validate_image_bytes(content)
     existing = product.images.filter(checksum=validated.checksum).first()
@@ -82,10 +91,30 @@ def product_image_create(*, product: Product, content: bytes, source_url: str = 
             width=validated.width,
             height=validated.height,
         )
-        image.image.save(f"{validated.checksum[:16]}.{validated.extension}", ContentFile(content), save=False)
-        image.save()
+        _store_file(image, f"{validated.checksum[:16]}.{validated.extension}", content)
+        try:
+            image.save()
+        except BaseException:
+            with contextlib.suppress(OSError):  # no row: its file must not stay behind
+                image.image.storage.delete(str(image.image.name))
+            raise
         dispatch.ingest_queue_on_commit(image_ids=[image.pk])
     return image
+
+
+def _store_file(image: ProductImage, filename: str, content: bytes) -> None:
+    """Write the image's file; on a write error remove what was written (a full disk leaves part of a file)."""
+    field = image.image.field
+    storage = image.image.storage
+    name = storage.get_available_name(field.generate_filename(image, filename), max_length=field.max_length)
+    try:
+        image.image.save(name.rsplit("/", 1)[-1], ContentFile(content), save=False)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if storage.exists(name):
+                storage.delete(name)
+        logger.error("image for product %s not stored (%s): nothing kept", image.product_id, exc)
+        raise ImageNotStored(f"The image could not be stored ({exc.strerror or exc}); nothing was saved.") from exc
 
 
 def product_images_queue_ingest(*, image_ids: list[int]) -> int:
