@@ -1,9 +1,12 @@
 # make run   : set up (venv, data, migrations, demo catalog) and start web + worker + vector store
 # make test  : the same set-up, then the whole test suite (test-unit, then test-integration)
 # make test-unit        : pytest -m "not integration" (fast, no services)
-# make test-integration : pytest -m integration (real processes and services)
+# make test-integration : pytest -m "integration and not slow" (real processes and services; the slow fault
+#                         scenarios run in `python -m benchmarks.reliability`)
 # make lint  : requirements in sync with pyproject.toml, ruff check, ruff format --check, mypy
+# make audit : known vulnerabilities in the runtime dependencies (pip-audit; skipped, with the reason, offline)
 # make bench : benchmarks (ingest, search, similar products) -> docs/benchmarks.md
+# make reliability : fault scenarios, 50-shopper load, hostile inputs -> docs/reliability.md
 # make requirements : regenerate requirements/*.txt from pyproject.toml (the source of the pins)
 # make hooks : install the pre-commit hooks (ruff, mypy from the venv) into .git/hooks
 # make evaluate [SIZE=full] : street-to-shop evaluation table -> docs/evaluation.md
@@ -16,7 +19,7 @@ export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 export DJANGO_SETTINGS_MODULE := webapp.settings
 
-.PHONY: run test test-unit test-integration lint requirements hooks bench setup venv data migrate clean \
+.PHONY: run test test-unit test-integration lint audit requirements hooks bench reliability setup venv data migrate clean \
 	street2shop evaluate
 
 # requirements.txt is `-r requirements/dev.txt`; dev includes training, training includes runtime.
@@ -45,13 +48,13 @@ run: setup
 # Two pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
 test: setup
 	@bash scripts/test.sh -m "not integration"
-	@bash scripts/test.sh -m integration
+	@bash scripts/test.sh -m "integration and not slow"
 
 test-unit: setup
 	@bash scripts/test.sh -m "not integration"
 
 test-integration: setup
-	@bash scripts/test.sh -m integration
+	@bash scripts/test.sh -m "integration and not slow"
 
 # Runs every check and fails at the end if any failed, so one run shows all problems.
 lint: venv
@@ -62,6 +65,9 @@ lint: venv
 	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
 	exit $$status
 
+audit: venv
+	@bash scripts/audit.sh
+
 requirements:
 	$(PYTHON) requirements/sync.py
 
@@ -70,6 +76,10 @@ hooks: venv
 
 bench: setup
 	$(PY) -m benchmarks
+
+# Every fault scenario at full scale, the load run and the hostile inputs -> docs/reliability.md (+ .json).
+reliability: setup
+	$(PY) -m benchmarks.reliability
 
 clean:
 	rm -rf var

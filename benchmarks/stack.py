@@ -85,6 +85,9 @@ def make_env(ctx: Context) -> dict:
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),
         MPLBACKEND="Agg",
+        # One load generator is one client: the per-client abuse limits would measure themselves, not the product.
+        SEARCH_THROTTLE_RATE="",
+        UPLOAD_THROTTLE_RATE="",
     )
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = f"sqlite:///{ctx.var_dir / 'db.sqlite3'}"

@@ -30,13 +30,25 @@ pids+=($!)
 TORCH_NUM_THREADS=${LOCALIZE_TORCH_THREADS:-1} CELERY_PREFETCH=1 workers/start_worker.sh localize -P solo \
   -n "localize@%h" >"$VAR_DIR/log/localize.log" 2>&1 &
 pids+=($!)
-echo "workers: Celery ingest,default and localize (broker ${CELERY_BROKER_URL:-filesystem://}), logs in $VAR_DIR/log/"
+# Retraining has its own worker: one run at a time, a fresh child per run (its memory goes back, CUDA only ever in
+# the child), at a lower CPU priority so searches stay fast while it trains. On a GPU machine start it there (README).
+nice -n 10 env CELERY_PREFETCH=1 workers/start_worker.sh train -n "train@%h" --max-tasks-per-child 1 \
+  >"$VAR_DIR/log/train.log" 2>&1 &
+pids+=($!)
+echo "workers: Celery ingest,default, localize and train (broker ${CELERY_BROKER_URL:-filesystem://}), logs in $VAR_DIR/log/"
 
 $PY manage.py ensure_admin
+# Periodic jobs (triplet mining, near-duplicates, the nightly retrain): seeded once, then celery beat sends them.
+$PY manage.py seed_periodic_tasks
+.venv/bin/celery -A webapp beat --loglevel INFO >"$VAR_DIR/log/beat.log" 2>&1 &
+pids+=($!)
 # The serving model is registered here, by the setup, never by a read: with none active, what the alias
 # already serves (or the ImageNet stand-in) becomes the active version.
 $PY manage.py ensure_default_model
 $PY manage.py load_demo_catalog --requeue-pending
+# Candidate triplets for the review queue (/curation/review/): BISS-mined for the demo catalog, with street photos
+# of the small street-to-shop benchmark (built once, about 10 s); a re-run adds only what is new.
+$PY manage.py mine_triplets --build-benchmark || echo "warning: mining candidate triplets failed" >&2
 # Serve the trained default model: register it and, unless it is already active (or being embedded),
 # queue its activation; the worker re-embeds the catalog in the background and then swaps the alias.
 if [ -f models/visnet-default/config.json ]; then
@@ -47,7 +59,7 @@ fi
 echo
 echo "  Open http://$HOST:$PORT/   (admin: http://$HOST:$PORT/admin/, API docs: http://$HOST:$PORT/api/docs/)"
 echo
-.venv/bin/gunicorn webapp.wsgi:application --bind "$HOST:$PORT" --workers "${WEB_CONCURRENCY:-2}" \
+.venv/bin/gunicorn webapp.wsgi:application -c docker/gunicorn.conf.py --bind "$HOST:$PORT" --workers "${WEB_CONCURRENCY:-2}" \
   --threads "${WEB_THREADS:-4}" --timeout 120 --access-logfile "$VAR_DIR/log/access.log" &
 pids+=($!)
 wait "${pids[-1]}"

@@ -235,6 +235,21 @@ def localize_worker(tmp_path, milvus_uri, milvus_names, transactional_db):
     stop_worker(worker)
 
 
+CATALOG_WRITE_PERMISSIONS = ("add_product", "delete_product", "add_productimage")
+
+
+def make_catalog_manager(username: str, password: str = "a-long-password-1"):
+    """A staff user with the catalog's write permissions (what the API's writes need; a merchandiser has none)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password=password, is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="catalog", codename__in=CATALOG_WRITE_PERMISSIONS)
+    )
+    return user
+
+
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,6 +279,13 @@ def fashion_items():
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _no_request_rate_limits(settings):
+    """Searches and uploads are rate-limited per client, and tests send many from one address: off here;
+    tests/test_access.py turns them on where it tests them."""
+    settings.REQUEST_THROTTLE_RATES = dict.fromkeys(settings.REQUEST_THROTTLE_RATES)
 
 
 @pytest.fixture(scope="session", autouse=True)

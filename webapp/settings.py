@@ -47,9 +47,15 @@ INSTALLED_APPS = [
     "webapp.search",
     "webapp.api",
     "webapp.curation",
+    "webapp.recommendations",
+    "webapp.ops",
+    "django_celery_beat",
 ]
 
 MIDDLEWARE = [
+    "webapp.ops.request_ids.RequestIdMiddleware",
+    # A body over REQUEST_MAX_BYTES is answered 413 before anything reads it (gunicorn does not cap bodies).
+    "webapp.limits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -58,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A database restarting or a full media disk answers a clean 503 with Retry-After, not a 500.
+    "webapp.ops.database_errors.DependencyErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -84,6 +92,8 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
     )
 }
+# A persistent connection cut by a database restart is noticed and replaced before the request uses it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web and worker processes write the same file: WAL and a busy timeout avoid "database is locked".
     DATABASES["default"]["OPTIONS"] = {
@@ -101,6 +111,27 @@ if CACHE_URL.startswith("redis"):
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "visnet"}}
 SIMILAR_PRODUCTS_CACHE_SECONDS = env_int("SIMILAR_PRODUCTS_CACHE_SECONDS", 600)
+# Precomputed similar lists (webapp.recommendations): K neighbours stored per product and model version, over-
+# fetched so request-time filters can still fill a page; the build job writes them CHUNK products at a time, one
+# task running about TASK_SECONDS before it queues the next.
+SIMILAR_LIST_K = env_int("SIMILAR_LIST_K", 60)
+SIMILAR_LIST_BUILD_CHUNK = env_int("SIMILAR_LIST_BUILD_CHUNK", 256)
+SIMILAR_LIST_TASK_SECONDS = float(os.environ.get("SIMILAR_LIST_TASK_SECONDS", "60"))
+
+# Shopper feedback and A/B (webapp/search/feedback.py, experiments.py). Rates per client address (or signed-in user),
+# kept in the default cache: set CACHE_URL to Redis when several web processes serve, or each counts alone.
+FEEDBACK_THROTTLE_RATES = {
+    "feedback": os.environ.get("FEEDBACK_THROTTLE_RATE", "20/minute"),  # "not similar" marks
+    "feedback-click": os.environ.get("CLICK_THROTTLE_RATE", "120/minute"),  # result clicks
+}
+FEEDBACK_TOKEN_MAX_AGE_SECONDS = env_int("FEEDBACK_TOKEN_MAX_AGE_SECONDS", 24 * 3600)
+SERVED_COUNTS_FLUSH_SECONDS = float(os.environ.get("SERVED_COUNTS_FLUSH_SECONDS", "10"))
+# Search by photo (page and API share the budget) and image uploads, per client address or signed-in user, counted
+# in the default cache (webapp/limits.py). An empty value switches a limit off.
+REQUEST_THROTTLE_RATES = {
+    "search": os.environ.get("SEARCH_THROTTLE_RATE", "60/minute") or None,
+    "upload": os.environ.get("UPLOAD_THROTTLE_RATE", "300/minute") or None,
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -132,6 +163,8 @@ IMAGE_MIN_SIDE = env_int("IMAGE_MIN_SIDE", 8)
 THUMBNAIL_SIZE = env_int("THUMBNAIL_SIZE", 256)
 DATA_UPLOAD_MAX_MEMORY_SIZE = IMAGE_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = IMAGE_MAX_BYTES + 1024 * 1024
+# The whole request body (an image plus the form's other fields); larger is answered 413 (webapp/limits.py).
+REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", IMAGE_MAX_BYTES + 1024 * 1024)
 IMPORT_DOWNLOAD_TIMEOUT_SECONDS = env_int("IMPORT_DOWNLOAD_TIMEOUT_SECONDS", 15)
 
 # Embedder (ImageNet EfficientNet-Lite stand-in until a trained VisNet version is active).
@@ -154,6 +187,11 @@ CROP_CONTEXTS = tuple(float(c) for c in os.environ.get("CROP_CONTEXTS", "0.05,0.
 # filter inside the query) or "boost" (same-category hits ranked up by CATEGORY_BOOST).
 DETECTED_CATEGORY_MODE = os.environ.get("DETECTED_CATEGORY_MODE", "off")
 CATEGORY_BOOST = float(os.environ.get("CATEGORY_BOOST", "0.05"))
+# Near-duplicate products (webapp/catalog/duplicates.py): two products whose image vectors score at least this
+# cosine similarity are flagged for a merchandiser. Chosen on a benchmark for precision >= 0.99 with the shipped
+# VisNet (docs/near_duplicates.md: test precision 98%, recall 33%, most misses a re-listing with a new margin or
+# crop); choose again when another model version is served.
+NEAR_DUPLICATE_THRESHOLD = float(os.environ.get("NEAR_DUPLICATE_THRESHOLD", "0.981"))
 
 # Vector store. The embedded default is a Milvus Lite server that `make run` starts on 127.0.0.1.
 MILVUS_URI = os.environ.get("MILVUS_URI") or "http://127.0.0.1:19530"
@@ -165,6 +203,7 @@ MILVUS_COLLECTION_PREFIX = os.environ.get("MILVUS_COLLECTION_PREFIX", "products"
 MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE", "AUTOINDEX")
 # reconcile_vectors: an image still pending or processing this long after it was created has lost its message.
 RECONCILE_STUCK_MINUTES = env_int("RECONCILE_STUCK_MINUTES", 15)
+RECONCILE_EVERY_MINUTES = env_int("RECONCILE_EVERY_MINUTES", 10)
 
 # Celery. The default broker is the filesystem transport: a real worker process, no server.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
@@ -200,19 +239,56 @@ CELERY_TASK_ROUTES = {
     "search.sync_product_vectors": {"queue": "default"},
     "search.reembed_catalog": {"queue": "default"},
     "search.localize_photo": {"queue": "localize"},
+    "curation.mine_triplets": {"queue": "default"},
+    # Retraining runs on its own worker (`workers/start_worker.sh train`, concurrency 1), on a GPU machine when
+    # there is one: start that worker there with RETRAIN_CONFIG=configs/visnet_retrain_gpu.yaml.
+    "search.retrain_model": {"queue": "train"},
+    "search.nightly_retrain": {"queue": "default"},
+    "search.reconcile_vectors": {"queue": "default"},
+    "recommendations.build_similar_lists": {"queue": "default"},
+    "recommendations.update_similar_lists": {"queue": "default"},
+    "catalog.find_near_duplicates": {"queue": "default"},
 }
+# Triplet curation: the street-to-shop benchmark whose street photos are mined and shown to reviewers (read-only
+# in requests; `manage.py mine_triplets --build-benchmark` builds it), and how many candidates one mining run adds.
+CURATION_BENCHMARK = os.environ.get("CURATION_BENCHMARK", "small")
+CURATION_BENCHMARK_SEED = env_int("CURATION_BENCHMARK_SEED", 0)
+CURATION_MINE_LIMIT = env_int("CURATION_MINE_LIMIT", 1000)
+
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Periodic jobs: celery beat reads its schedule from the database (django-celery-beat), seeded by
+# `manage.py seed_periodic_tasks`; people can pause or reschedule them in the admin (Periodic tasks).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+MINE_TRIPLETS_EVERY_MINUTES = env_int("MINE_TRIPLETS_EVERY_MINUTES", 30)
+NEAR_DUPLICATES_HOUR = env_int("NEAR_DUPLICATES_HOUR", 3)  # UTC, nightly
+
+# Retraining (search.retrain_model on the `train` queue): approved triplets plus the benchmark's mined ones.
+# RETRAIN_CONFIG empty: configs/visnet_retrain_gpu.yaml on a worker with CUDA, configs/visnet_retrain.yaml otherwise.
+RETRAIN_CONFIG = os.environ.get("RETRAIN_CONFIG", "")
+TRAINED_MODELS_DIR = Path(os.environ.get("TRAINED_MODELS_DIR") or VAR_DIR / "models")
+# The nightly retrain is off unless NIGHTLY_RETRAIN is on; it starts a run only when this many triplets were
+# approved since the last run.
+NIGHTLY_RETRAIN = env_bool("NIGHTLY_RETRAIN", False)
+NIGHTLY_RETRAIN_MIN_APPROVALS = env_int("NIGHTLY_RETRAIN_MIN_APPROVALS", 200)
+NIGHTLY_RETRAIN_HOUR = env_int("NIGHTLY_RETRAIN_HOUR", 2)  # UTC
+# Pruning old model collections (only when asked: `manage.py prune_collections`, or the admin) keeps this many
+# standby versions' collections for rollback.
+MODEL_COLLECTIONS_KEEP = env_int("MODEL_COLLECTIONS_KEEP", 2)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_PERMISSION_CLASSES": ["webapp.api.permissions.IsStaffOrReadOnly"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 24,
+    "DEFAULT_THROTTLE_RATES": {**FEEDBACK_THROTTLE_RATES, **REQUEST_THROTTLE_RATES},
+    # The client address for rate limits: REMOTE_ADDR, or with N trusted proxies in front, the address the
+    # outermost of them saw (X-Forwarded-For); never a header the client alone chose.
+    "NUM_PROXIES": env_int("TRUSTED_PROXY_COUNT", 0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "VisNet visual search API",
@@ -221,10 +297,25 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# Structured logs: one JSON object per line with the request id, in web and worker processes alike
+# (LOG_FORMAT=text for a terminal). Celery keeps this configuration instead of installing its own.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_id": {"()": "webapp.ops.request_ids.RequestIdFilter"}},
+    "formatters": {
+        "json": {"()": "webapp.ops.request_ids.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(task)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
