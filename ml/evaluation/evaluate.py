@@ -575,6 +575,7 @@ def write_report(result: dict, out: Path, plot: Path | None) -> None:
             "",
         ]
     lines += localization_lines(out.parent / "localization.json", out.parent / "category_modes.json")
+    lines += curation_lines(out.parent / "curation_study.json", out.parent / "near_duplicates.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 
@@ -616,6 +617,57 @@ def localization_lines(localization_json: Path, category_json: Path) -> list[str
             "nearest gallery items; `python -m ml.evaluation.category_modes --size full` on ground-truth crops:",
             "",
             *report_lines(json.loads(category_json.read_text(), object_hook=_int_keys)),
+            "",
+        ]
+    return lines
+
+
+CURATION_ARMS = {
+    "scorer-unreviewed": "(a) scorer-proposed positives, unreviewed",
+    "scorer-approved": "(b) the same, approved by review only",
+    "scorer-approved-wide": "(b') top-10 proposals per crop reviewed, approved only",
+    "ground-truth": "(c) ground-truth positives",
+}
+
+
+def curation_lines(study_json: Path, duplicates_json: Path) -> list[str]:
+    """What review was worth (the paper's loop, simulated) and the near-duplicate threshold, from the JSON that
+    `python -m ml.evaluation.curation_study` and `python -m ml.evaluation.near_duplicates` write beside the report."""
+    lines: list[str] = []
+    if study_json.exists():
+        study = json.loads(study_json.read_text())
+        summary = study["summary"]
+        lines += [
+            "## Curation: what reviewed triplets were worth",
+            "",
+            f"`{study['command']}` (details, per-seed runs and the paired significance test: curation_study.md). "
+            "Street triplets whose positive is proposed by the BISS scorers (no ground truth in mining); a simulated "
+            "reviewer approves a triplet when its positive is the true item and its negative is not; every arm is "
+            "trained with the same recipe and seeds, only the triplet file changes.",
+            "",
+            "| Training triplets | Recall@1 | Recall@5 | Recall@20 | median rank | test queries |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, name in CURATION_ARMS.items():
+            row = summary.get(key)
+            if row is None:
+                continue
+            lines.append(
+                f"| {name} | {_pct(row['recall@1'])} | {_pct(row['recall@5'])} | {_pct(row['recall@20'])} | "
+                f"{row['median_rank']:g} | {row['queries']:,} |"
+            )
+        lines.append("")
+    if duplicates_json.exists():
+        dupes = json.loads(duplicates_json.read_text())
+        test = dupes["test"]
+        lines += [
+            "## Near-duplicate products",
+            "",
+            f"`python -m ml.evaluation.near_duplicates` (near_duplicates.md): cosine threshold {dupes['threshold']} "
+            f"chosen on val (highest recall at precision >= {dupes['target_precision']}); on test, against every "
+            f"pair of the catalog half: precision {_pct(test['precision'])}%, recall {_pct(test['recall'])}% "
+            f"({test['duplicate_pairs_found']:,} of {test['duplicate_pairs']:,} re-listed items found, "
+            f"{test['false_pairs']} false pairs among {test['flagged_pairs']:,} flagged).",
             "",
         ]
     return lines
