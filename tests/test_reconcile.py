@@ -13,7 +13,7 @@ from tests.fakes import PixelEmbedder
 from tests.test_search_unit import make_product
 from webapp.catalog import services as catalog_services
 from webapp.catalog.models import Product, ProductImage
-from webapp.search import dispatch, registry
+from webapp.search import dispatch, reconcile, registry
 from webapp.search import services as search_services
 from webapp.search.reconcile import vectors_reconcile
 
@@ -33,6 +33,7 @@ def catalog(vector_store, serving_version, monkeypatch, fashion_items):
         return 1
 
     monkeypatch.setattr(dispatch, "ingest_queue", ingest_now)
+    monkeypatch.setattr(reconcile, "_ingest_backlog", lambda: 0)  # the drained queue a worker leaves
     image_ids = []
     for index, (content, label) in enumerate(fashion_items[:6]):
         product = make_product(f"rec-{index}", category=f"class-{label}")
@@ -106,3 +107,15 @@ def test_the_periodic_task_repairs_what_drifted(catalog):
     assert counts["missing"] == 1 and counts["requeued"] == 1
     (after,) = vectors_reconcile()
     assert after.clean, after.counts()
+
+
+def test_nothing_counts_as_stuck_while_the_ingest_queue_still_holds_messages(catalog, fashion_items, monkeypatch):
+    product = make_product("rec-behind-a-long-import")
+    waiting = catalog_services.product_image_create(product=product, content=fashion_items[8][0])
+    ProductImage.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    monkeypatch.setattr(reconcile, "_ingest_backlog", lambda: 4_000)
+    (busy,) = vectors_reconcile(repair=True)
+    assert busy.stuck == [] and busy.requeued == 0
+    monkeypatch.setattr(reconcile, "_ingest_backlog", lambda: 0)
+    (drained,) = vectors_reconcile(repair=True)
+    assert drained.stuck == [waiting.pk] and drained.requeued == 1

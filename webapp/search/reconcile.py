@@ -143,8 +143,23 @@ def _compare(rows: list[dict], version: ModelVersion, drift: Drift, seen: set[in
             drift.mismatched.append(image_id)
 
 
+def _ingest_backlog() -> int | None:
+    """Messages waiting on the ingest queue (None when the broker cannot say)."""
+    from webapp.ops.health import queue_depths
+
+    return queue_depths().get("ingest")
+
+
 def _find_stuck(reports: list[Drift], stuck_after: timedelta | None) -> None:
-    """Images still pending or processing long after they were created: no task is left to finish them."""
+    """Images still pending or processing long after they were created: no task is left to finish them.
+
+    While messages wait on the ingest queue (a long import) a pending image may simply be behind them, so nothing
+    counts as stuck until the queue has drained; re-queueing then would only multiply the backlog.
+    """
+    backlog = _ingest_backlog()
+    if backlog:
+        logger.info("reconcile: %s ingest message(s) waiting; the stuck check waits until they drain", backlog)
+        return
     age = stuck_after if stuck_after is not None else timedelta(minutes=settings.RECONCILE_STUCK_MINUTES)
     stuck = list(
         ProductImage.objects.filter(

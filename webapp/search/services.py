@@ -172,6 +172,10 @@ def _mark_ready(image: ProductImage, thumbnail: bytes, model_version: str) -> bo
             return False
         if locked.thumbnail:
             locked.thumbnail.delete(save=False)
+        # A worker killed after writing the thumbnail but before this commit left the file with no row pointing at
+        # it: overwrite it rather than save beside it under another name.
+        name = locked.thumbnail.field.generate_filename(locked, f"{image.pk}.webp")
+        locked.thumbnail.storage.delete(name)
         locked.thumbnail.save(f"{image.pk}.webp", ContentFile(thumbnail), save=False)
         locked.status = ProductImage.Status.READY
         locked.error = ""
