@@ -79,11 +79,16 @@ def milvus_names():
 @pytest.fixture
 def vector_store(settings, milvus_uri, milvus_names):
     """The product's vector store on the test server, emptied before each test."""
+    return emptied_vector_store(settings, milvus_uri, milvus_names)
+
+
+def emptied_vector_store(settings, uri: str, names: dict):
+    """Point the product at the Milvus server at `uri` under fresh names, and drop whatever is there."""
     from webapp.search.registry import get_vector_store, reset_active_version_cache
 
-    settings.MILVUS_URI = milvus_uri
-    settings.MILVUS_COLLECTION_PREFIX = milvus_names["prefix"]
-    settings.MILVUS_ALIAS = milvus_names["alias"]
+    settings.MILVUS_URI = uri
+    settings.MILVUS_COLLECTION_PREFIX = names["prefix"]
+    settings.MILVUS_ALIAS = names["alias"]
     reset_active_version_cache()
     store = get_vector_store()
     store.drop_alias()

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, VENV_BIN, require_service, start_worker, stop_worker
+from tests.conftest import ROOT, VENV_BIN, emptied_vector_store, require_service, start_worker, stop_worker
 from tests.faults import (
     MilvusServer,
     Outcome,
@@ -76,17 +76,9 @@ def fault_redis(tmp_path_factory):
 @pytest.fixture
 def fault_store(settings, fault_milvus, milvus_names, transactional_db):
     """The product's vector store on the private Milvus server, emptied."""
-    from webapp.search.registry import get_vector_store, reset_active_version_cache
+    from webapp.search.registry import reset_active_version_cache
 
-    settings.MILVUS_URI = fault_milvus.uri
-    settings.MILVUS_COLLECTION_PREFIX = milvus_names["prefix"]
-    settings.MILVUS_ALIAS = milvus_names["alias"]
-    reset_active_version_cache()
-    store = get_vector_store()
-    store.drop_alias()
-    for name in store.list_collections():
-        store.drop_collection(name)
-    yield store
+    yield emptied_vector_store(settings, fault_milvus.uri, milvus_names)
     reset_active_version_cache()
 
 

@@ -24,6 +24,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.test import APIClient
 
+from tests import test_browser
 from tests.fakes import FakeVectorStore, PixelEmbedder
 from tests.test_pages import by_class, by_id, parse
 from webapp.catalog import services as catalog_services
@@ -430,27 +431,7 @@ def test_the_comparison_shows_each_versions_counts_beside_its_offline_recall(cli
 
 
 # In a real browser -----------------------------------------------------------------------------------------
-@pytest.fixture
-def browser(tmp_path):
-    from tests.conftest import require_service
-    from tests.test_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
-
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        require_service("chromium/chromedriver not installed: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+browser = test_browser.browser  # the search page's browser fixture (Chromium, headless)
 
 
 @pytest.mark.browser

@@ -83,19 +83,29 @@ def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
             locked.total = locked.embedded = max(locked.embedded, _eligible().count())
         elif locked.state != State.EMBEDDING:
             # A fresh start (registered, failed, or a standby version re-embedded from scratch).
-            locked.embedded = locked.total = 0
-            locked.reembed_cursor = 0
-            locked.reembed_started_at = None
-        locked.state = State.EMBEDDING
-        locked.ab_share = 0.0  # activating: no longer an A/B candidate (or one being prepared)
-        locked.error = ""
-        locked.task_token = token
-        locked.save()
-        if queue:
-            dispatch.reembed_queue_on_commit(version_id=locked.pk, token=token)
+            _reset_progress(locked)
+        # activating: no longer an A/B candidate (or one being prepared)
+        _start_embedding(locked, token=token, share=0.0, queue=queue)
     version.refresh_from_db()
     logger.info("activating model version %s", version.model_version)
     return "queued"
+
+
+def _reset_progress(locked: ModelVersion) -> None:
+    locked.embedded = locked.total = 0
+    locked.reembed_cursor = 0
+    locked.reembed_started_at = None
+
+
+def _start_embedding(locked: ModelVersion, *, token: str, share: float, queue: bool) -> None:
+    """Put a locked version into the embedding state under a new task token, and queue its re-embed on commit."""
+    locked.state = State.EMBEDDING
+    locked.ab_share = share
+    locked.error = ""
+    locked.task_token = token
+    locked.save()
+    if queue:
+        dispatch.reembed_queue_on_commit(version_id=locked.pk, token=token)
 
 
 def model_version_mark_failed(*, version_id: int, reason: str) -> None:
@@ -458,16 +468,8 @@ def model_version_prepare_candidate(*, version: ModelVersion, share: float, queu
         other = ModelVersion.objects.select_for_update().filter(_in_ab_test()).exclude(pk=locked.pk).first()
         if other is not None:
             raise VersionError(f"{other.model_version} is already in an A/B test; end it first")
-        locked.embedded = locked.total = 0
-        locked.reembed_cursor = 0
-        locked.reembed_started_at = None
-        locked.state = State.EMBEDDING
-        locked.ab_share = share
-        locked.error = ""
-        locked.task_token = token
-        locked.save()
-        if queue:
-            dispatch.reembed_queue_on_commit(version_id=locked.pk, token=token)
+        _reset_progress(locked)
+        _start_embedding(locked, token=token, share=share, queue=queue)
     version.refresh_from_db()
     logger.info("preparing %s as an A/B candidate (%.0f%%)", version.model_version, 100 * share)
     return "queued"

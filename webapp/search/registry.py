@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,23 +54,32 @@ def _active_key() -> tuple:
     )
 
 
-def active_version(fresh: bool = False) -> ModelVersion | None:
-    """The active ModelVersion (a read-only snapshot), cached for ACTIVE_VERSION_TTL_SECONDS unless `fresh`.
-
-    None until a version is registered as active (`manage.py ensure_default_model`, or the first ingestion).
-    """
-    key = _active_key()
+def _cached_version(key: tuple, fresh: bool, load: Callable[[], ModelVersion | None], cache_none: bool):
     now = time.monotonic()
     if not fresh:
         with _lock:
             cached = _active_cache.get(key)
         if cached is not None and now - cached[0] < ACTIVE_VERSION_TTL_SECONDS:
             return cached[1]
-    version = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).order_by("-activated_at", "-id").first()
-    if version is not None:  # "nothing active yet" is not cached: the first ingestion registers one
+    version = load()
+    if version is not None or cache_none:
         with _lock:
             _active_cache[key] = (now, version)
     return version
+
+
+def active_version(fresh: bool = False) -> ModelVersion | None:
+    """The active ModelVersion (a read-only snapshot), cached for ACTIVE_VERSION_TTL_SECONDS unless `fresh`.
+
+    None until a version is registered as active (`manage.py ensure_default_model`, or the first ingestion);
+    "nothing active yet" is not cached: the first ingestion registers one.
+    """
+    return _cached_version(
+        _active_key(),
+        fresh,
+        lambda: ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).order_by("-activated_at", "-id").first(),
+        cache_none=False,
+    )
 
 
 def candidate_version(fresh: bool = False) -> ModelVersion | None:
@@ -77,21 +87,16 @@ def candidate_version(fresh: bool = False) -> ModelVersion | None:
 
     "None" is cached too: most of the time there is no experiment, and every search and product page asks.
     """
-    key = ("candidate", *_active_key())
-    now = time.monotonic()
-    if not fresh:
-        with _lock:
-            cached = _active_cache.get(key)
-        if cached is not None and now - cached[0] < ACTIVE_VERSION_TTL_SECONDS:
-            return cached[1]
-    version = (
-        ModelVersion.objects.filter(state=ModelVersion.State.CANDIDATE, ab_share__gt=0)
-        .order_by("-updated_at", "-id")
-        .first()
+    return _cached_version(
+        ("candidate", *_active_key()),
+        fresh,
+        lambda: (
+            ModelVersion.objects.filter(state=ModelVersion.State.CANDIDATE, ab_share__gt=0)
+            .order_by("-updated_at", "-id")
+            .first()
+        ),
+        cache_none=True,
     )
-    with _lock:
-        _active_cache[key] = (now, version)
-    return version
 
 
 def reset_active_version_cache() -> None:
