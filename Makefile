@@ -1,12 +1,16 @@
 # make run   : set up (venv, data, migrations, demo catalog) and start web + worker + vector store
-# make test  : the same set-up, then the whole test suite (test-unit, then test-integration)
+# make test  : the same set-up, then the whole test suite (test-unit, test-integration, test-standalone)
 # make test-unit        : pytest -m "not integration" (fast, no services)
 # make test-integration : pytest -m "integration and not slow" (real processes and services; the slow fault
-#                         scenarios run in `python -m benchmarks.reliability`)
+#                         scenarios run in `python -m benchmarks.reliability`), on the engine MILVUS_ENGINE names
+#                         (Milvus Lite by default)
+# make test-standalone  : the integration tests that reach Milvus again, on a real Milvus standalone server
+#                         (MILVUS_ENGINE=standalone: scripts/milvus_standalone.py, no Docker)
 # make lint  : requirements in sync with pyproject.toml, ruff check, ruff format --check, mypy
 # make audit : known vulnerabilities in the runtime dependencies (pip-audit; skipped, with the reason, offline)
 # make bench : benchmarks (ingest, search, similar products) -> docs/benchmarks.md
 # make reliability : fault scenarios, 50-shopper load, hostile inputs -> docs/reliability.md
+# make scale : serving at 10k / 100k / 1M products on a real Milvus standalone server -> docs/scale.md
 # make requirements : regenerate requirements/*.txt from pyproject.toml (the source of the pins)
 # make hooks : install the pre-commit hooks (ruff, mypy from the venv) into .git/hooks
 # make evaluate [SIZE=full] : street-to-shop evaluation table -> docs/evaluation.md
@@ -19,7 +23,8 @@ export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 export DJANGO_SETTINGS_MODULE := webapp.settings
 
-.PHONY: run test test-unit test-integration lint audit requirements hooks bench reliability setup venv data migrate clean \
+.PHONY: run test test-unit test-integration test-standalone lint audit requirements hooks bench reliability scale setup venv \
+	data migrate clean \
 	street2shop evaluate
 
 # requirements.txt is `-r requirements/dev.txt`; dev includes training, training includes runtime.
@@ -45,16 +50,24 @@ setup: venv data migrate
 run: setup
 	@bash scripts/run.sh
 
-# Two pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
+# Three pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
+# Both engines: every integration test on Milvus Lite (the default), and on a real Milvus standalone server only the
+# tests that reach Milvus (marked `milvus` by tests/conftest.py: they use the milvus_uri fixture). The others
+# (browser pages without the store, the fault scenarios with their own Milvus Lite, ...) run the same code whatever
+# the engine, so running them twice would only cost time.
 test: setup
 	@bash scripts/test.sh -m "not integration"
-	@bash scripts/test.sh -m "integration and not slow"
+	@MILVUS_ENGINE=lite bash scripts/test.sh -m "integration and not slow"
+	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow"
 
 test-unit: setup
 	@bash scripts/test.sh -m "not integration"
 
 test-integration: setup
 	@bash scripts/test.sh -m "integration and not slow"
+
+test-standalone: setup
+	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow"
 
 # Runs every check and fails at the end if any failed, so one run shows all problems.
 lint: venv
@@ -80,6 +93,11 @@ bench: setup
 # Every fault scenario at full scale, the load run and the hostile inputs -> docs/reliability.md (+ .json).
 reliability: setup
 	$(PY) -m benchmarks.reliability
+
+# Catalogs persist in PostgreSQL visnet_scale_<N> and var/scale-<N>/; `python -m benchmarks.scale --help` for sizes,
+# steps (--only) and --rebuild.
+scale: setup
+	$(PY) -m benchmarks.scale
 
 clean:
 	rm -rf var

@@ -13,6 +13,7 @@ from benchmarks.stack import wait_milvus_idle
 
 BATCH = 5000
 UPSERT_ROWS = 1000
+SYNTHETIC_SKU_PREFIX = "bench-syn-"
 
 
 def _base_vectors(store):
@@ -27,11 +28,14 @@ def _base_vectors(store):
         .order_by("pk")
     )
     wanted = {img.pk for img in base_images}
-    vectors = {
-        int(row["image_id"]): np.asarray(row["vector"], dtype=np.float32)
-        for row in store.iter_rows(("image_id", "vector"))
-        if int(row["image_id"]) in wanted
-    }
+    if hasattr(store, "vectors_by_image"):  # primary-key gets: no scan of a collection that may hold millions
+        vectors = store.vectors_by_image(sorted(wanted))
+    else:
+        vectors = {
+            int(row["image_id"]): np.asarray(row["vector"], dtype=np.float32)
+            for row in store.iter_rows(("image_id", "vector"))
+            if int(row["image_id"]) in wanted
+        }
     base_images = [img for img in base_images if img.pk in vectors]
     if not base_images:
         raise BenchError("no ingested vectors to build the gallery from")
@@ -48,7 +52,7 @@ def _create_rows(base_images, picks, first: int, model_version: str, prng: rando
         products = Product.objects.bulk_create(
             [
                 Product(
-                    sku=f"bench-syn-{first + j:07d}",
+                    sku=f"{SYNTHETIC_SKU_PREFIX}{first + j:07d}",
                     title=base_images[p].product.title,
                     brand=base_images[p].product.brand,
                     price=round(float(base_images[p].product.price) * prng.uniform(0.8, 1.2), 2),
@@ -81,6 +85,67 @@ def _create_rows(base_images, picks, first: int, model_version: str, prng: rando
         )
 
 
+def _create_rows_postgres(base_images, picks, first: int, model_version: str, prng: random.Random, now):
+    """What _create_rows makes, in two INSERT ... SELECT FROM unnest(...) statements (PostgreSQL): at a million
+    products the ORM's per-object cost would be most of the build. Returns unsaved-looking model instances carrying
+    the new ids and the fields `vector_row()` reads."""
+    import json
+
+    from django.db import connection, transaction
+
+    from webapp.catalog.models import Product, ProductImage
+
+    sources = [base_images[p] for p in picks]
+    skus = [f"{SYNTHETIC_SKU_PREFIX}{first + j:07d}" for j in range(len(picks))]
+    prices = [round(float(b.product.price) * prng.uniform(0.8, 1.2), 2) for b in sources]
+    stock = [prng.random() < 0.9 for _ in sources]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Product._meta.db_table} (sku, title, brand, price, currency, attributes, in_stock, "
+            "created_at, updated_at, category_id) SELECT s, t, b, p, 'USD', a::jsonb, st, %s, %s, c FROM "
+            "unnest(%s::text[], %s::text[], %s::text[], %s::numeric[], %s::text[], %s::bool[], %s::bigint[]) "
+            "AS u(s, t, b, p, a, st, c) RETURNING id, sku",
+            [
+                now,
+                now,
+                skus,
+                [b.product.title for b in sources],
+                [b.product.brand for b in sources],
+                prices,
+                [json.dumps({"source": "bench-synthetic", "base_sku": b.product.sku}) for b in sources],
+                stock,
+                [b.product.category_id for b in sources],
+            ],
+        )
+        product_id = {sku: pk for pk, sku in cursor.fetchall()}
+        product_ids = [product_id[sku] for sku in skus]
+        cursor.execute(
+            f"INSERT INTO {ProductImage._meta.db_table} (image, thumbnail, source_url, position, checksum, width, "
+            "height, status, error, attempts, model_version, embedded_at, created_at, product_id) "
+            "SELECT i, th, '', 0, ch, w, h, %s, '', 1, %s, %s, %s, pid FROM "
+            "unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::bigint[]) "
+            "AS u(i, th, ch, w, h, pid) RETURNING id, product_id",
+            [
+                ProductImage.Status.READY,
+                model_version,
+                now,
+                now,
+                [b.image.name for b in sources],
+                [b.thumbnail.name for b in sources],
+                [b.checksum for b in sources],
+                [b.width for b in sources],
+                [b.height for b in sources],
+                product_ids,
+            ],
+        )
+        image_of = {pid: pk for pk, pid in cursor.fetchall()}
+    images = []
+    for pid, source, price, in_stock in zip(product_ids, sources, prices, stock, strict=True):
+        product = Product(id=pid, category_id=source.product.category_id, price=price, in_stock=in_stock)
+        images.append(ProductImage(id=image_of[pid], product=product))
+    return images
+
+
 def _active_model_version() -> str:
     from webapp.search.registry import active_version
 
@@ -90,23 +155,32 @@ def _active_model_version() -> str:
     return version.model_version
 
 
-def _fill(ctx: Context, store, base_images, base_matrix, extra: int, existing: int) -> dict:
-    """Create `extra` products in batches; returns timings and the mean cosine of the last batch to its sources."""
+def gallery_fill(store, *, target: int, noise: float, seed: int = 12345) -> dict:
+    """Bulk-create products until the catalog holds `target` (none when it already does): each a copy of a random
+    ingested item (its image files, title, category; price +-20 %, 90 % in stock) whose vector is the item's real
+    embedding plus Gaussian noise of norm `noise`, re-normalised, upserted without a flush. Resumable: the SKUs
+    continue from the products already there. Returns counts and timings; the caller flushes."""
     import numpy as np
+    from django.db import connection
     from django.utils import timezone
 
+    from webapp.catalog.models import Product
     from webapp.search.services import vector_row
 
+    existing = Product.objects.count()
+    extra = max(0, target - existing)
+    base_images, base_matrix = _base_vectors(store)
     model_version = _active_model_version()
     dim = base_matrix.shape[1]
-    sigma = ctx.args.noise / np.sqrt(dim)  # noise vector norm ~ args.noise before re-normalising
-    rng, prng, now = np.random.default_rng(12345), random.Random(12345), timezone.now()
-    created, insert_s, upsert_s, last = 0, 0.0, 0.0, None
+    sigma = noise / np.sqrt(dim)  # noise vector norm ~ `noise` before re-normalising
+    rng, prng, now = np.random.default_rng(seed + existing), random.Random(seed + existing), timezone.now()
+    created, insert_s, upsert_s, last, t_log = 0, 0.0, 0.0, None, time.monotonic()
+    create = _create_rows_postgres if connection.vendor == "postgresql" else _create_rows
     while created < extra:
         n = min(BATCH, extra - created)
         picks = rng.integers(0, len(base_images), n)
         t_db = time.monotonic()
-        images = _create_rows(base_images, picks, created, model_version, prng, now)
+        images = create(base_images, picks, existing + created, model_version, prng, now)
         insert_s += time.monotonic() - t_db
         noisy = base_matrix[picks] + rng.normal(0.0, sigma, (n, dim)).astype(np.float32)
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
@@ -117,9 +191,20 @@ def _fill(ctx: Context, store, base_images, base_matrix, extra: int, existing: i
         upsert_s += time.monotonic() - t_vs
         created += n
         last = (noisy, picks)
-        log(f"  {existing + created:,}/{ctx.args.catalog:,} products")
+        if created == extra or time.monotonic() - t_log > 10:
+            t_log = time.monotonic()
+            log(f"  {existing + created:,}/{target:,} products (db {insert_s:.0f}s, upsert {upsert_s:.0f}s)")
     cos = float(np.mean(np.sum(last[0] * base_matrix[last[1]], axis=1))) if last is not None else float("nan")
-    return {"db_insert_s": insert_s, "vector_upsert_s": upsert_s, "mean_cos_to_source": cos}
+    return {
+        "existing": existing,
+        "created": created,
+        "real_ingested": len(base_images),
+        "dim": int(dim),
+        "noise_norm": noise,
+        "mean_cos_to_source": cos,
+        "db_insert_s": insert_s,
+        "vector_upsert_s": upsert_s,
+    }
 
 
 def scale_catalog(ctx: Context) -> None:
@@ -128,11 +213,12 @@ def scale_catalog(ctx: Context) -> None:
 
     store = get_vector_store()
     existing = Product.objects.count()
-    extra = ctx.args.catalog - existing
-    log(f"scale: {existing:,} products exist, bulk-creating {max(extra, 0):,} more (noisy copies of real vectors)")
+    log(
+        f"scale: {existing:,} products exist, bulk-creating {max(ctx.args.catalog - existing, 0):,} more "
+        f"(noisy copies of real vectors)"
+    )
     t0 = time.monotonic()
-    base_images, base_matrix = _base_vectors(store)
-    filled = _fill(ctx, store, base_images, base_matrix, extra, existing)
+    filled = gallery_fill(store, target=ctx.args.catalog, noise=ctx.args.noise)
     t_flush = time.monotonic()
     store.flush()
     flush_s = time.monotonic() - t_flush
@@ -140,8 +226,8 @@ def scale_catalog(ctx: Context) -> None:
     sc = ctx.results["scale"] = {
         "products": Product.objects.count(),
         "images_ready": ProductImage.objects.filter(status="ready").count(),
-        "real_ingested": len(base_images),
-        "synthetic": max(extra, 0),
+        "real_ingested": filled["real_ingested"],
+        "synthetic": filled["created"],
         "noise_norm": ctx.args.noise,
         "mean_cos_to_source": filled["mean_cos_to_source"],
         "db_insert_s": filled["db_insert_s"],
@@ -150,7 +236,7 @@ def scale_catalog(ctx: Context) -> None:
         "milvus_settle_s": settle,
         "total_s": time.monotonic() - t0,
         "vectors": store.count(),
-        "dim": int(base_matrix.shape[1]),
+        "dim": filled["dim"],
     }
     log(
         f"scale: {sc['products']:,} products, {sc['vectors']:,} vectors "

@@ -189,16 +189,42 @@ def use_detector(ctx: Context) -> None:
     log(f"detector artifact: {ctx.results['detector']['path']} ({ctx.results['detector']['model_version']})")
 
 
-def start_web(ctx: Context) -> None:
+PRELOADED = "serving models preloaded"
+PRELOAD_FAILED = "preloading the serving models failed"
+GUNICORN_CONF = ROOT / "docker" / "gunicorn.conf.py"
+
+
+def wait_workers_ready(log_path: Path, offset: int, workers: int, timeout: float, process: subprocess.Popen) -> float:
+    """Wait until `workers` gunicorn workers logged (after byte `offset` of the log) that their models are loaded
+    (docker/gunicorn.conf.py's post_worker_init); returns the seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+        if text.count(PRELOADED) + text.count(PRELOAD_FAILED) >= workers:
+            return time.monotonic() - t0
+        if process.poll() is not None or time.monotonic() - t0 > timeout:
+            raise BenchError(f"gunicorn workers did not load their models in {timeout:.0f}s:\n{tail(log_path)}")
+        time.sleep(0.05)
+
+
+def start_web(ctx: Context, extra_env: dict | None = None, port: int | None = None) -> subprocess.Popen:
+    """gunicorn with the product's config (docker/gunicorn.conf.py: limits, torch threads per worker, models loaded
+    when a worker boots), the benchmark's bind, workers and threads; returns once every worker has its models."""
     args = ctx.args
-    ctx.web_port = free_port()
+    ctx.web_port = port or free_port()
     log_path = ctx.logs / "gunicorn.log"
-    env = dict(ctx.env, LOG_LEVEL="WARNING")
+    env = dict(ctx.env, LOG_LEVEL="WARNING", WEB_CONCURRENCY=str(args.web_workers), WEB_THREADS=str(args.threads))
+    env["GUNICORN_ACCESS_LOG"] = ""  # the access log, when wanted, goes to its own file (below)
     if args.web_torch_threads:
-        env["TORCH_NUM_THREADS"] = str(args.web_torch_threads)
+        env["WEB_TORCH_THREADS"] = str(args.web_torch_threads)
+    env.update(extra_env or {})
     argv = [
         str(VENV_BIN / "gunicorn"),
         "webapp.wsgi:application",
+        "-c",
+        str(GUNICORN_CONF),
         "--bind",
         f"127.0.0.1:{ctx.web_port}",
         "--workers",
@@ -212,10 +238,18 @@ def start_web(ctx: Context) -> None:
     ]
     if args.access_log:
         argv += ["--access-logfile", str(ctx.logs / "access.log")]
+    offset = log_path.stat().st_size if log_path.exists() else 0
     process = ctx.stack.start("gunicorn", argv, env, log_path, stop_signal=signal.SIGINT)  # quick shutdown
     wait_port(ctx.web_port, 90, process, log_path)
+    ready_s = None
+    if env.get("WEB_PRELOAD_MODELS", "1") != "0":
+        ready_s = wait_workers_ready(log_path, offset, args.web_workers, 180, process)
     ctx.sessions["gunicorn"] = process.pid
-    log(f"gunicorn on 127.0.0.1:{ctx.web_port}: {args.web_workers} workers x {args.threads} threads")
+    log(
+        f"gunicorn on 127.0.0.1:{ctx.web_port}: {args.web_workers} workers x {args.threads} threads"
+        + (f", models loaded in every worker {ready_s:.1f}s after the port opened" if ready_s is not None else "")
+    )
+    return process
 
 
 def setup_django(ctx: Context) -> None:

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Container entrypoint: the first argument picks the role, any further arguments are passed on.
 #   web         migrate, then gunicorn on :8000
-#   worker      Celery worker for the CPU queues (prefork pool)
-#   gpu-worker  Celery worker for the gpu queue (solo pool: CUDA lives in the one process)
+#   worker      Celery worker for the queues in CELERY_QUEUES (ingest, localize, train, default; compose runs one
+#               service per queue); extra arguments go to celery (e.g. `-n ingest@%h --pool solo`)
 #   beat        Celery beat scheduler (run exactly one)
 #   manage      python manage.py ...   (e.g. `manage createsuperuser`)
 # Anything else is executed as a command (e.g. `sh`, `python -c ...`).
@@ -15,9 +15,12 @@ fi
 
 case "$role" in
     web)
-        # Set DJANGO_MIGRATE=0 on extra web replicas so only one runs migrations.
+        # Set DJANGO_MIGRATE=0 on extra web replicas so only one runs the set-up: migrations, the periodic jobs'
+        # schedule (celery beat reads it from the database) and the serving model version, as `make run` does.
         if [ "${DJANGO_MIGRATE:-1}" = "1" ]; then
             python manage.py migrate --noinput
+            python manage.py seed_periodic_tasks
+            python manage.py ensure_default_model
         fi
         # Limits, workers and the bind are in docker/gunicorn.conf.py. Inside the container gunicorn listens on
         # every interface of the container's own network; Compose publishes the port on the host's 127.0.0.1 only.
@@ -25,25 +28,15 @@ case "$role" in
         exec gunicorn webapp.wsgi:application -c /app/docker/gunicorn.conf.py "$@"
         ;;
     worker)
-        # Prefork pool: the parent never embeds an image, so it never initialises CUDA; models load
-        # lazily in the child that runs the first task.
+        # Prefork pool by default: the parent never embeds an image, so it never initialises CUDA; models load
+        # lazily in the child that runs the first task. A worker that embeds on the GPU passes `--pool solo`, so the
+        # one process that consumes tasks is the one that initialises CUDA (a forked child of a CUDA-initialised
+        # parent cannot use the GPU).
         exec celery -A webapp worker \
-            -n "worker@%h" \
             -Q "${CELERY_QUEUES:-ingest,default}" \
             --concurrency "${CELERY_CONCURRENCY:-2}" \
-            --prefetch-multiplier 1 \
+            --prefetch-multiplier "${CELERY_PREFETCH:-1}" \
             -O fair \
-            --loglevel "${CELERY_LOGLEVEL:-INFO}" \
-            "$@"
-        ;;
-    gpu-worker)
-        # Solo pool: tasks run in this process, so CUDA is initialised exactly once, in the process
-        # that uses it (a forked child of a CUDA-initialised parent cannot use the GPU).
-        exec celery -A webapp worker \
-            -n "gpu@%h" \
-            -Q "${CELERY_GPU_QUEUES:-gpu}" \
-            --pool solo \
-            --prefetch-multiplier 1 \
             --loglevel "${CELERY_LOGLEVEL:-INFO}" \
             "$@"
         ;;

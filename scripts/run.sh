@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts the embedded stack: Milvus Lite server (unless MILVUS_URI is set), a Celery worker process,
+# Starts the embedded stack: a Milvus server (unless MILVUS_URI is set), a Celery worker process,
 # the demo catalog (only what is missing), and gunicorn. Ctrl-C stops everything it started.
+# The Milvus server is the engine MILVUS_ENGINE names: `lite` (default: a Milvus Lite server) or `standalone` (a real
+# Milvus 2.3 standalone server, scripts/milvus_standalone.py; extra flags for it in MILVUS_STANDALONE_ARGS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -12,7 +14,27 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-if [ -z "${MILVUS_URI:-}" ]; then
+export MILVUS_ENGINE=${MILVUS_ENGINE:-lite}
+store_dir=$VAR_DIR/milvus
+[ "$MILVUS_ENGINE" = standalone ] && store_dir=$VAR_DIR/milvus-standalone
+new_store=0
+[ -n "${MILVUS_URI:-}" ] || [ -d "$store_dir" ] || new_store=1
+if [ -z "${MILVUS_URI:-}" ] && [ "$MILVUS_ENGINE" = standalone ]; then
+  MILVUS_PORT=${MILVUS_PORT:-19530}
+  export MILVUS_URI="http://127.0.0.1:$MILVUS_PORT"
+  # shellcheck disable=SC2086 # MILVUS_STANDALONE_ARGS is a list of flags
+  $PY scripts/milvus_standalone.py --data-dir "$store_dir" --port "$MILVUS_PORT" \
+    ${MILVUS_STANDALONE_ARGS:-} >"$VAR_DIR/log/milvus.log" 2>&1 &
+  pids+=($!)
+  # It prints `ready` once the server answers a call (about 3 s; 10 s on a restart, 8 s the first time it unpacks).
+  for _ in $(seq 600); do
+    grep -q '^ready ' "$VAR_DIR/log/milvus.log" && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { tail -20 "$VAR_DIR/log/milvus.log"; exit 1; }
+    sleep 0.2
+  done
+  grep -q '^ready ' "$VAR_DIR/log/milvus.log" || { tail -20 "$VAR_DIR/log/milvus.log"; exit 1; }
+  echo "vector store: Milvus standalone server on $MILVUS_URI (data in $store_dir)"
+elif [ -z "${MILVUS_URI:-}" ]; then
   MILVUS_PORT=${MILVUS_PORT:-19530}
   export MILVUS_URI="http://127.0.0.1:$MILVUS_PORT"
   .venv/bin/milvus-lite server --data-dir "$VAR_DIR/milvus" --host 127.0.0.1 --port "$MILVUS_PORT" \
@@ -45,6 +67,11 @@ pids+=($!)
 # The serving model is registered here, by the setup, never by a read: with none active, what the alias
 # already serves (or the ImageNet stand-in) becomes the active version.
 $PY manage.py ensure_default_model
+# A new vector store beside an existing catalog (the engine was switched, or its data removed): queue the catalog's
+# ingestion into it now (celery beat's periodic reconcile would within RECONCILE_EVERY_MINUTES).
+if [ "$new_store" = 1 ]; then
+  $PY manage.py reconcile_vectors --repair || echo "warning: reconcile_vectors failed" >&2
+fi
 $PY manage.py load_demo_catalog --requeue-pending
 # Candidate triplets for the review queue (/curation/review/): BISS-mined for the demo catalog, with street photos
 # of the small street-to-shop benchmark (built once, about 10 s); a re-run adds only what is new.

@@ -26,10 +26,13 @@ INTEGRATION_MARKERS = {"worker", "browser"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that start processes or reach services (Milvus server, worker, browser) are integration tests."""
+    """Tests that start processes or reach services (Milvus server, worker, browser) are integration tests; those
+    that reach the Milvus server of `milvus_uri` (the engine MILVUS_ENGINE names) are also marked `milvus`."""
     for item in items:
         if INTEGRATION_FIXTURES & set(item.fixturenames) or INTEGRATION_MARKERS & {m.name for m in item.iter_markers()}:
             item.add_marker(pytest.mark.integration)
+        if "milvus_uri" in item.fixturenames:
+            item.add_marker(pytest.mark.milvus)
 
 
 def require_service(reason: str):
@@ -41,12 +44,25 @@ def require_service(reason: str):
 
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory):
-    """A Milvus Lite server process on 127.0.0.1, reached over gRPC by the tests and the workers."""
+    """A Milvus server process on 127.0.0.1 of the engine MILVUS_ENGINE names (the product's setting: Milvus Lite by
+    default, `standalone` for a real Milvus server), reached over gRPC by the tests and the workers they start
+    (which inherit MILVUS_ENGINE, so they build the same index)."""
+    from django.conf import settings
+
     if os.environ.get("TEST_MILVUS_URI"):
         yield os.environ["TEST_MILVUS_URI"]
         return
-    port = free_port()
     data_dir = tmp_path_factory.mktemp("milvus")
+    if settings.MILVUS_ENGINE == "standalone":
+        from scripts.milvus_standalone import start
+
+        server = start(data_dir / "data", log_path=data_dir / "server.log")
+        try:
+            yield server.uri
+        finally:
+            server.stop()
+        return
+    port = free_port()
     with open(data_dir / "server.log", "w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [

@@ -93,6 +93,14 @@ class FakeVectorStore:
         found = [rows[i]["vector"] for i in image_ids if i in rows]
         return np.asarray(found, dtype=np.float32) if found else np.zeros((0, 0), dtype=np.float32)
 
+    def vectors_by_image(self, image_ids: list[int], batch_size: int = 1000) -> dict[int, np.ndarray]:
+        rows = self._rows()
+        return {int(i): np.asarray(rows[int(i)]["vector"], dtype=np.float32) for i in image_ids if int(i) in rows}
+
+    def products_of_images(self, image_ids: list[int], batch_size: int = 1000) -> dict[int, int]:
+        rows = self._rows()
+        return {int(i): int(rows[int(i)]["product_id"]) for i in image_ids if int(i) in rows}
+
     def iter_rows(self, output_fields: tuple[str, ...] = ("image_id",), batch_size: int = 1000) -> Iterator[dict]:
         for row in list(self._rows().values()):
             yield {field: row[field] for field in output_fields}

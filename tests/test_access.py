@@ -115,7 +115,7 @@ def test_rates_are_counted_in_the_configured_cache(settings):
     """Redis (shared by every web process) when CACHE_URL names it, per-process memory otherwise."""
     backend = settings.CACHES["default"]["BACKEND"]
     if os.environ.get("CACHE_URL", "").startswith("redis"):
-        assert backend == "django.core.cache.backends.redis.RedisCache"
+        assert backend == "webapp.cache.ReusingRedisCache"
     else:
         assert backend == "django.core.cache.backends.locmem.LocMemCache"
     assert ScopedCacheThrottle.cache is cache
@@ -134,7 +134,7 @@ def test_with_redis_the_count_is_shared_by_every_process(db, rates, settings):
     except redis.RedisError as exc:
         require_service(f"Redis at {url} unreachable ({exc}); set TEST_REDIS_URL")
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    backend = "django.core.cache.backends.redis.RedisCache"
+    backend = "webapp.cache.ReusingRedisCache"  # what settings.py picks for CACHE_URL=redis://...
     settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": url, "KEY_PREFIX": prefix}}
     client = APIClient()
     assert [client.post(API_SEARCH_URL, {"image": photo()}).status_code for _ in range(4)] == [400, 400, 400, 429]
@@ -538,3 +538,25 @@ def test_the_audit_fails_on_a_known_vulnerability_and_passes_without(tmp_path, v
     clean = {"dependencies": [{"name": "pillow", "version": "11.3.0", "vulns": []}]}
     done = audit({"AUDIT_PROBE_URL": vulnerability_service, "PY": str(fake_pip_audit(tmp_path, clean))})
     assert done.returncode == 0 and "1 packages audited, no known vulnerabilities" in done.stdout
+
+
+def test_the_redis_cache_reuses_one_client_per_connection_pool():
+    """webapp.cache.ReusingRedisCache: values round-trip through Redis, and the second operation reuses the first's
+    client instead of building a new one (Django's own backend builds one per operation)."""
+    import redis
+
+    from webapp.cache import ReusingRedisCache
+
+    url = os.environ.get("CACHE_URL", "")
+    url = url if url.startswith("redis") else os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        require_service(f"Redis at {url} unreachable ({exc}); set TEST_REDIS_URL")
+    backend = ReusingRedisCache(url, {"KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}"})
+    backend.set("body", b"\x00bytes", 30)
+    assert backend.get("body") == b"\x00bytes"
+    client = backend._cache.get_client("body")
+    assert backend._cache.get_client("other", write=False) is client
+    backend.delete("body")
+    assert backend.get("body") is None

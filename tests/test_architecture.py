@@ -110,9 +110,11 @@ def test_inference_never_imports_training_code(graph):
 
 
 def test_only_the_vector_store_adapter_imports_pymilvus():
+    """The product reaches Milvus through the adapter only. The index study is the one exception: it measures Milvus
+    index types themselves (raw schemas of other dimensions, index build progress), below the adapter's level."""
     offenders = []
     for package in ("webapp", "ml", "benchmarks", "tests"):
         for path in (ROOT / package).rglob("*.py"):
             if "pymilvus" in imported_packages(path):
                 offenders.append(path.relative_to(ROOT).as_posix())
-    assert offenders == ["webapp/search/vector_store.py"]
+    assert sorted(offenders) == ["benchmarks/index_study.py", "webapp/search/vector_store.py"]

@@ -43,8 +43,7 @@ COMPARISON = "/admin/search/shopperevent/experiment/"
 @pytest.fixture(autouse=True)
 def _isolated(settings):
     cache.clear()  # similar lists and throttle histories live in the cache
-    experiments.served_counts_flush()  # other tests' pending counts must not land in this test's database
-    experiments._served_pending.clear()
+    experiments._served_pending.clear()  # other tests' pending counts must not land in this test's database
     settings.SERVED_COUNTS_FLUSH_SECONDS = 0
     settings.FEEDBACK_THROTTLE_RATES = {"feedback": "1000/minute", "feedback-click": "1000/minute"}
     yield

@@ -4,6 +4,7 @@ every item boxed, each item picked finds its own product, phone photos come back
 from __future__ import annotations
 
 import io
+import time
 from decimal import Decimal
 
 import pytest
@@ -67,6 +68,16 @@ def street_catalog(visnet_version, benchmark, two_item_photos):
 def post_photo(client, content: bytes, **fields):
     upload = SimpleUploadedFile("street.jpg", content, content_type="image/jpeg")
     return client.post("/api/search/", {"image": upload, "k": 5, **fields})
+
+
+def test_the_localize_worker_loads_the_detector_before_its_first_photo(localize_worker):
+    """No cold start: the detector is loaded and run once while the worker starts, not on the first shopper photo."""
+    deadline = time.monotonic() + 60
+    while "detector loaded and warmed up" not in localize_worker.log():
+        assert localize_worker.process.poll() is None, localize_worker.log()[-3000:]
+        assert time.monotonic() < deadline, localize_worker.log()[-3000:]
+        time.sleep(0.2)
+    assert "could not be loaded" not in localize_worker.log()
 
 
 def test_detect_answers_boxes_from_a_real_localize_worker(client, localize_worker, benchmark, two_item_photos):

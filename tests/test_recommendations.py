@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from collections import Counter
 from decimal import Decimal
@@ -21,13 +22,16 @@ from django.core.management import CommandError, call_command
 from PIL import Image, ImageFilter
 
 from tests.conftest import start_worker, stop_worker, wait_until
-from tests.fakes import PixelEmbedder
+from tests.fakes import PixelEmbedder, RandomEmbedder
 from webapp.catalog import services as catalog_services
+from webapp.catalog.demo import demo_catalog_load
 from webapp.catalog.models import Category, Product, ProductImage
+from webapp.celery import app
 from webapp.recommendations import services
 from webapp.recommendations.models import SimilarList, SimilarListBuild, pack_neighbours, unpack_neighbours
 from webapp.recommendations.selectors import stored_similar
-from webapp.search import registry
+from webapp.recommendations.serving import similar_bytes_key
+from webapp.search import activation, registry, versions
 from webapp.search import services as search_services
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import similar_products
@@ -100,9 +104,9 @@ def perturbed(content: bytes, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     image = Image.open(io.BytesIO(content)).convert("RGB").resize((112, 112), Image.Resampling.BICUBIC)
     pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
-    pixels = pixels * 0.97 + 7 + rng.normal(0, 1.5, pixels.shape)
+    shot = pixels * 0.97 + 7 + rng.normal(0, 1.5, pixels.shape)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.clip(shot, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -116,6 +120,36 @@ def test_the_packed_list_round_trips_and_refuses_torn_bytes():
     assert ids.tolist() == [7, 3, 2**40] and scores.tolist() == [0.8999999761581421, 0.5, -0.25]
     with pytest.raises(ValueError, match="not a multiple"):
         unpack_neighbours(pack_neighbours([1], [0.5])[:-1])
+
+
+def test_the_batched_vector_read_returns_each_indexed_image_with_its_own_vector(vector_store):
+    name = vector_store.create_collection("batched-read", dim=8)
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(10, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vector_store.upsert(
+        [
+            {
+                "image_id": 100 + i,
+                "product_id": 1 + i // 3,
+                "category_id": 1,
+                "price": 1.0,
+                "in_stock": True,
+                "model_version": "batched-read",
+                "vector": vectors[i].tolist(),
+            }
+            for i in range(10)
+        ],
+        collection=name,
+    )
+    view = vector_store.collection(name)
+    found = view.vectors_by_image([107, 100, 999, 103, 109], batch_size=2)  # three calls, one id not indexed
+    assert sorted(found) == [100, 103, 107, 109]
+    for image_id, vector in found.items():
+        assert np.allclose(vector, vectors[image_id - 100], atol=1e-6), image_id
+    assert view.vectors_by_image([]) == {}
+    assert view.products_of_images([101, 105, 109, 999], batch_size=3) == {101: 1, 105: 2, 109: 4}
+    assert vector_store.collection("no-such-collection").vectors_by_image([100]) == {}
 
 
 def test_stored_lists_rank_exactly_as_the_live_query_for_every_product(catalog):
@@ -295,6 +329,81 @@ def test_lists_worn_below_half_are_recomputed(catalog, settings):
     assert stored(victim, K) == live(victim, K)
 
 
+def test_removing_a_deleted_products_images_updates_the_lists_before_the_vectors_go(catalog):
+    """The vector-removal task's service: with the vectors still readable, a product held by more lists than its
+    own list names (a hub) leaves every one of them; then its vectors are deleted."""
+    version = registry.active_version(fresh=True)
+    services.similar_lists_build(version=version)
+    deleted_id, holders = most_held(version)
+    assert holders > K, holders
+    image_ids = list(ProductImage.objects.filter(product_id=deleted_id).values_list("pk", flat=True))
+    remaining = [p for p in catalog if p.pk != deleted_id]
+    catalog_services.product_delete(product=Product.objects.get(pk=deleted_id))
+
+    search_services.image_vectors_remove(image_ids=image_ids)
+    assert deleted_id not in every_stored_id(version)
+    assert not SimilarList.objects.filter(version=version, product_id=deleted_id).exists()
+    assert registry.version_store(version).rows_for_product(deleted_id, with_vectors=False) == []
+    assert_lists_match_live(remaining, K - 1)
+
+
+def test_removing_one_image_of_a_product_that_stays_recomputes_its_list_without_it(catalog, fashion_items):
+    version = registry.active_version(fresh=True)
+    services.similar_lists_build(version=version)
+    product, look_alike = catalog[8], catalog[40]
+    extra = catalog_services.product_image_create(product=product, content=perturbed(fashion_items[40][0], seed=3))
+    ingest([product])
+    services.similar_lists_update(product_ids=[product.pk])
+    assert stored(product, K)[0] == look_alike.pk  # its second photo shows the other item
+
+    extra_id = extra.pk
+    extra.delete()
+    search_services.image_vectors_remove(image_ids=[extra_id])
+    assert registry.version_store(version).vectors_by_image([extra_id]) == {}
+    assert stored(product, K) == live(product, K) and look_alike.pk not in stored(product, K)
+    assert_lists_match_live(catalog, K - 2)
+
+
+def cached_everywhere(version: ModelVersion, products: list[Product]) -> None:
+    for product in products:
+        cache.set(similar_bytes_key(version_id=version.pk, product_id=product.pk), {"bytes": b"cached"})
+
+
+def still_cached(version: ModelVersion, products: list[Product]) -> set[int]:
+    return {p.pk for p in products if cache.get(similar_bytes_key(version_id=version.pk, product_id=p.pk))}
+
+
+def test_an_update_names_and_uncaches_exactly_the_lists_it_changed(catalog, fashion_items):
+    version = registry.active_version(fresh=True)
+    services.similar_lists_build(version=version)
+    twin = add_product(100, perturbed(fashion_items[17][0], seed=1), fashion_items[17][1])
+    ingest([twin])
+    everyone = [*catalog, twin]
+    cached_everywhere(version, everyone)
+
+    report = services.similar_lists_update(product_ids=[twin.pk])
+    holders = {p.pk for p in catalog if twin.pk in (stored(p, K) or [])}
+    assert holders and report.changed == {version.pk: {twin.pk} | holders}
+    assert still_cached(version, everyone) == {p.pk for p in everyone} - holders - {twin.pk}
+
+
+def test_a_price_edit_changes_no_list_but_uncaches_the_lists_that_show_the_product(catalog):
+    version = registry.active_version(fresh=True)
+    services.similar_lists_build(version=version)
+    edited_id, holders = most_held(version)
+    holding = {p.pk for p in catalog if edited_id in (stored(p, K) or [])}
+    before = {row.product_id: bytes(row.neighbours) for row in SimilarList.objects.filter(version=version)}
+    cached_everywhere(version, catalog)
+
+    edited = Product.objects.get(pk=edited_id)
+    edited.price = edited.price + 1
+    edited.save()
+    assert search_services.product_vectors_sync(product_id=edited_id) == 1
+    assert still_cached(version, catalog) == {p.pk for p in catalog} - holding - {edited_id}
+    assert {row.product_id: bytes(row.neighbours) for row in SimilarList.objects.filter(version=version)} == before
+    assert len(holding) == holders > K
+
+
 # Request-time filters -----------------------------------------------------------------------------------
 def test_filters_on_the_stored_list_match_the_live_filtered_query_or_fall_back(catalog):
     version = registry.active_version(fresh=True)
@@ -368,6 +477,69 @@ def test_a_version_not_yet_active_gets_its_lists_from_its_own_collection(catalog
     assert not SimilarListBuild.objects.filter(version=candidate).exists()
     assert stored(catalog[0], K, version=candidate) is None
     assert SimilarList.objects.filter(version=active).count() == 60
+
+
+# Activation builds the new version's lists before the alias swap ----------------------------------------------
+def test_activation_builds_the_lists_before_the_swap_and_catches_up_what_changed_meanwhile(
+    catalog, fashion_items, settings, monkeypatch, admin_client
+):
+    settings.SIMILAR_LIST_BUILD_CHUNK = 7
+    old = registry.active_version(fresh=True)
+    new = ModelVersion.objects.create(model_version="random-next", kind="imagenet")
+    pixels = registry.embedder_for
+    randoms = RandomEmbedder(new.model_version, seed=3)  # the new model ranks differently from the old one
+    monkeypatch.setattr(registry, "embedder_for", lambda v: randoms if v.pk == new.pk else pixels(v))
+    store = registry.get_vector_store()
+    new_collection = store.collection_name(new.model_version)
+    assert activation.model_version_activate(version=new, queue=False) == "queued"
+    token = ModelVersion.objects.get(pk=new.pk).task_token
+
+    building, twin = 0, None
+    while not activation.catalog_reembed(version_id=new.pk, token=token, time_budget=0):  # one step a call
+        assert store.active_collection() != new_collection, "the alias moved before the lists were built"
+        job = SimilarListBuild.objects.filter(version=new, task_token=token).first()
+        if job is None:
+            continue
+        building += 1
+        assert job.state == "running" and job.done == 7 * building
+        if building == 2:
+            assert (
+                f"running {job.progress}"
+                in admin_client.get(f"/admin/search/modelversion/{new.pk}/change/").content.decode()
+            )
+            # A product added while the lists are built goes into the serving (old) version's collection.
+            twin = add_product(100, perturbed(fashion_items[17][0], seed=1), fashion_items[17][1])
+            ingest([twin])
+    assert building == 8  # 60 products, 7 a step: 8 steps return, the 9th finishes and swaps
+    new.refresh_from_db()
+    assert new.state == "active" and store.active_collection() == new_collection
+    job = SimilarListBuild.objects.get(version=new)
+    assert (job.state, job.done) == ("done", 61)  # the build passed the twin too, not yet in the new collection
+    # The twin was embedded by the catch-up after the build, and its list and the lists it enters were updated.
+    assert SimilarList.objects.filter(version=new).count() == 61
+    assert_lists_match_live([*catalog, twin], K, version=new)
+    assert ModelVersion.objects.get(pk=old.pk).state == "standby"
+
+
+def test_an_ab_candidate_is_prepared_with_its_lists_and_activating_it_does_not_rebuild_them(catalog):
+    candidate = ModelVersion.objects.create(model_version="pixel-candidate", kind="imagenet")
+    store = registry.get_vector_store()
+    alias_before = store.active_collection()
+    assert activation.model_version_prepare_candidate(version=candidate, share=0.2, queue=False) == "queued"
+    assert activation.catalog_reembed(version_id=candidate.pk) is True
+    candidate.refresh_from_db()
+    job = SimilarListBuild.objects.get(version=candidate)
+    assert candidate.state == "candidate" and job.state == "done" and store.active_collection() == alias_before
+    assert SimilarList.objects.filter(version=candidate).count() == 60
+    built_at = job.started_at
+
+    assert activation.model_version_activate(version=candidate, queue=False) == "queued"
+    token = ModelVersion.objects.get(pk=candidate.pk).task_token
+    assert activation.catalog_reembed(version_id=candidate.pk, token=token) is True
+    candidate.refresh_from_db()
+    assert candidate.state == "active" and store.active_collection() == store.collection_name(candidate.model_version)
+    assert SimilarListBuild.objects.get(version=candidate).started_at == built_at, "the lists were rebuilt"
+    assert_lists_match_live(catalog, K, version=candidate)
 
 
 def test_the_admin_shows_build_progress(admin_client, catalog):
@@ -473,6 +645,99 @@ def test_the_worker_builds_in_short_tasks_that_queue_the_next_then_updates(
         )
     finally:
         stop_worker(worker)
+
+
+TASK_RECEIVED = "Task {name}\\[[^\\]]+\\] received"
+
+
+@pytest.mark.worker
+def test_a_fresh_install_gets_its_lists_and_the_worker_keeps_them_current_within_seconds(
+    tmp_path, milvus_uri, milvus_names, vector_store, transactional_db, settings, capsys
+):
+    """`make run`'s flow on a fresh install: the default version, the demo catalog ingested by the worker, whose
+    first batch starts the list build. Then a new image enters its neighbours' lists, and a deleted product leaves
+    every list that held it, through the real tasks (ImageNet stand-in at 128 px: fast on 2 cores)."""
+    settings.EMBEDDER_IMAGE_SIZE = 128
+    settings.SIMILAR_LIST_K = K
+    cache.clear()
+    size = 30
+    app.set_current()
+    app.set_default()
+    app.control.purge()  # messages other tests left behind would be counted below
+    worker = start_worker(
+        tmp_path,
+        milvus_uri,
+        milvus_names,
+        settings.CELERY_BROKER_URL,
+        extra_env={"EMBEDDER_IMAGE_SIZE": "128", "SIMILAR_LIST_K": str(K)},
+    )
+    try:
+        version = versions.default_version_ensure()  # manage.py ensure_default_model
+        demo_catalog_load(size=size)  # manage.py load_demo_catalog: ingestion queued on commit
+        wait_until(
+            lambda: (
+                SimilarListBuild.objects.filter(version=version, state="done").exists()
+                and SimilarList.objects.filter(version=version).count() == size
+            ),
+            timeout=180,
+            interval=0.5,
+            message=f"the catalog ingested and its lists built (worker log: {worker.log()[-2000:]})",
+        )
+        products = list(Product.objects.order_by("pk"))
+        assert_lists_match_live(products, K)
+
+        twin_of = products[4]
+        content = ProductImage.objects.get(product=twin_of).image.read()
+        twin = Product.objects.create(sku="twin", title="twin", price=Decimal(20), category=twin_of.category)
+        started = time.perf_counter()
+        catalog_services.product_image_create(product=twin, content=perturbed(content, seed=1))
+        wait_until(
+            lambda: (
+                SimilarList.objects.filter(version=version, product_id=twin.pk).exists()
+                and twin.pk in (stored(twin_of, K) or [])
+            ),
+            timeout=60,
+            interval=0.02,
+            message=f"the new image in its neighbours' lists (worker log: {worker.log()[-2000:]})",
+        )
+        new_image_seconds = time.perf_counter() - started
+        image = ProductImage.objects.get(product=twin)
+        twin_list = SimilarList.objects.get(version=version, product_id=twin.pk)
+        embedded_after = (image.embedded_at - image.created_at).total_seconds()
+        listed_after = (twin_list.computed_at - image.created_at).total_seconds()
+        cache.clear()  # the live query's own cache still holds the answers from before the twin
+        assert_lists_match_live([*products, twin], K)
+        log = worker.log()
+        ingests = len(re.findall(TASK_RECEIVED.format(name=r"search\.ingest_image_batch"), log))
+        updates = len(re.findall(TASK_RECEIVED.format(name=r"recommendations\.update_similar_lists"), log))
+        assert updates == ingests, "one list update per ingestion batch"
+
+        deleted_id, holders = most_held(version)
+        assert holders > K, holders
+        started = time.perf_counter()
+        catalog_services.product_delete(product=Product.objects.get(pk=deleted_id))
+        wait_until(
+            lambda: (
+                deleted_id not in every_stored_id(version)
+                and not SimilarList.objects.filter(version=version, product_id=deleted_id).exists()
+            ),
+            timeout=60,
+            interval=0.02,
+            message=f"the deleted product out of every list (worker log: {worker.log()[-2000:]})",
+        )
+        deleted_seconds = time.perf_counter() - started
+        wait_until(lambda: vector_store.rows_for_product(deleted_id, with_vectors=False) == [], 30, message="vectors")
+        cache.clear()
+        assert_lists_match_live([p for p in [*products, twin] if p.pk != deleted_id], K - 1)
+    finally:
+        stop_worker(worker)
+    with capsys.disabled():
+        print(
+            f"\nlists kept current by the worker ({size + 1} products, K={K}): new image saved -> its list and its "
+            f"neighbour's list seen in {new_image_seconds:.2f} s (embedded and upserted {embedded_after:.2f} s after "
+            f"the save, lists written {listed_after:.2f} s after it); product deleted -> out of all {holders} lists "
+            f"that held it and its own list gone in {deleted_seconds:.2f} s"
+        )
 
 
 # Benchmark (printed, not asserted on time) ---------------------------------------------------------------

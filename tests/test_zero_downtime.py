@@ -19,6 +19,7 @@ import requests
 from tests.conftest import start_worker, stop_worker, wait_until
 from webapp.catalog.demo import demo_catalog_load
 from webapp.catalog.models import Product, ProductImage
+from webapp.recommendations.models import SimilarList, SimilarListBuild
 from webapp.search import activation, registry, versions
 from webapp.search.models import ModelVersion
 
@@ -167,6 +168,9 @@ def test_no_search_fails_or_comes_back_empty_through_an_activation_and_a_rollbac
             message=f"the swap (worker log: {worker.log()[-2000:]})",
         )
         assert store.active_collection() == new
+        # The new version's lists were built before the swap: its product pages read stored lists at once.
+        assert SimilarListBuild.objects.get(version=v160).state == "done"
+        assert SimilarList.objects.filter(version=v160).count() == CATALOG_SIZE
         shoppers.phase = "after the swap"
         time.sleep(settle)
         shoppers.phase = "after the rollback"
@@ -191,3 +195,7 @@ def test_no_search_fails_or_comes_back_empty_through_an_activation_and_a_rollbac
         assert shoppers.versions[surface] >= {V128, V160}, shoppers.versions  # both sides of the swap answered
     assert ModelVersion.objects.get(model_version=V128).state == "active"
     assert store.has_collection(new), "the rolled-back version's collection stays"
+    # The rollback rebuilds the lists of the version it went back to (not maintained while it was standby).
+    v128 = ModelVersion.objects.get(model_version=V128)
+    wait_until(lambda: SimilarListBuild.objects.get(version=v128).state == "done", 60, message="the rebuild")
+    assert SimilarList.objects.filter(version=v128).count() == CATALOG_SIZE

@@ -107,7 +107,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 CACHE_URL = os.environ.get("CACHE_URL", "")
 if CACHE_URL.startswith("redis"):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+    CACHES = {"default": {"BACKEND": "webapp.cache.ReusingRedisCache", "LOCATION": CACHE_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "visnet"}}
 SIMILAR_PRODUCTS_CACHE_SECONDS = env_int("SIMILAR_PRODUCTS_CACHE_SECONDS", 600)
@@ -117,6 +117,18 @@ SIMILAR_PRODUCTS_CACHE_SECONDS = env_int("SIMILAR_PRODUCTS_CACHE_SECONDS", 600)
 SIMILAR_LIST_K = env_int("SIMILAR_LIST_K", 60)
 SIMILAR_LIST_BUILD_CHUNK = env_int("SIMILAR_LIST_BUILD_CHUNK", 256)
 SIMILAR_LIST_TASK_SECONDS = float(os.environ.get("SIMILAR_LIST_TASK_SECONDS", "60"))
+# Serving similar products (webapp/recommendations/serving.py, fastpath.py): each response is serialised once and
+# kept as bytes in the default cache per (version, product) for BYTES_CACHE_SECONDS (how stale a price can get);
+SIMILAR_BYTES_CACHE_SECONDS = env_int("SIMILAR_BYTES_CACHE_SECONDS", 300)
+# at most this many parameter variants (k, filters, host) per product are kept, the oldest dropped first;
+SIMILAR_BYTES_VARIANTS = env_int("SIMILAR_BYTES_VARIANTS", 16)
+# browsers and CDNs may reuse a response this long (private, per client, while an A/B candidate serves);
+SIMILAR_HTTP_MAX_AGE = env_int("SIMILAR_HTTP_MAX_AGE", 60)
+# each web process also keeps the hottest products' bytes in memory this long (0: off) and this many of them;
+SIMILAR_LRU_SECONDS = float(os.environ.get("SIMILAR_LRU_SECONDS", "3"))
+SIMILAR_LRU_SIZE = env_int("SIMILAR_LRU_SIZE", 2048)
+# the WSGI fast path answers cached similar-products GETs before Django (webapp/wsgi.py); off: Django answers all.
+SIMILAR_FAST_PATH = env_bool("SIMILAR_FAST_PATH", True)
 
 # Shopper feedback and A/B (webapp/search/feedback.py, experiments.py). Rates per client address (or signed-in user),
 # kept in the default cache: set CACHE_URL to Redis when several web processes serve, or each counts alone.
@@ -193,14 +205,47 @@ CATEGORY_BOOST = float(os.environ.get("CATEGORY_BOOST", "0.05"))
 # crop); choose again when another model version is served.
 NEAR_DUPLICATE_THRESHOLD = float(os.environ.get("NEAR_DUPLICATE_THRESHOLD", "0.981"))
 
-# Vector store. The embedded default is a Milvus Lite server that `make run` starts on 127.0.0.1.
+# Vector store. The default engine is a Milvus Lite server that `make run` starts on 127.0.0.1 (MILVUS_ENGINE below).
 MILVUS_URI = os.environ.get("MILVUS_URI") or "http://127.0.0.1:19530"
 MILVUS_TOKEN = os.environ.get("MILVUS_TOKEN", "")
 MILVUS_ALIAS = os.environ.get("MILVUS_ALIAS", "products_active")
 MILVUS_CONNECT_TIMEOUT = float(os.environ.get("MILVUS_CONNECT_TIMEOUT", "5"))
 MILVUS_COLLECTION_PREFIX = os.environ.get("MILVUS_COLLECTION_PREFIX", "products")
-# AUTOINDEX suits Milvus Lite and CPU servers; GPU servers take GPU_CAGRA or GPU_IVF_PQ.
-MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE", "AUTOINDEX")
+# The Milvus engine: "lite" (Milvus Lite, the zero-configuration default) or "standalone" (a real Milvus server).
+# `make run` starts the engine's server unless MILVUS_URI is set (an explicit URI is always the server used; the
+# engine then only picks the index below); docker/ runs real Milvus.
+MILVUS_ENGINE = os.environ.get("MILVUS_ENGINE", "lite")
+# The vector index of each engine, recorded here; MILVUS_INDEX_TYPE overrides it. Its build and search parameters
+# default per index type in MilvusVectorStore._index_options; MILVUS_INDEX_BUILD_PARAMS and
+# MILVUS_INDEX_SEARCH_PARAMS ("name=value,...", e.g. "M=32,efConstruction=256" and "ef=64") replace them.
+#   lite        AUTOINDEX: Milvus Lite 3.2 builds it as a faiss HNSW per sealed segment (it also builds FLAT, HNSW,
+#               HNSW_SQ, IVF_FLAT, IVF_SQ8; not IVF_PQ nor the GPU indexes)
+#   standalone  HNSW on a CPU server, until the 1M-vector index study (benchmarks/index_study.py) names the winner;
+#               a GPU server (milvusdb/milvus:*-gpu, docker/README.md) takes GPU_CAGRA or GPU_IVF_PQ
+MILVUS_ENGINE_INDEX_TYPES = {"lite": "AUTOINDEX", "standalone": "HNSW"}
+if MILVUS_ENGINE not in MILVUS_ENGINE_INDEX_TYPES:
+    raise ValueError(f"MILVUS_ENGINE={MILVUS_ENGINE!r}: choose one of {', '.join(MILVUS_ENGINE_INDEX_TYPES)}")
+MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE") or MILVUS_ENGINE_INDEX_TYPES[MILVUS_ENGINE]
+
+
+def env_index_params(name: str) -> dict[str, int | float | str] | None:
+    """ "M=32,efConstruction=256" -> {"M": 32, "efConstruction": 256}; unset -> None (the index type's defaults)."""
+    params: dict[str, int | float | str] = {}
+    for item in filter(None, (part.strip() for part in os.environ.get(name, "").split(","))):
+        key, _, text = item.partition("=")
+        value: int | float | str = text.strip()
+        for number in (int, float):
+            try:
+                value = number(text)
+                break
+            except ValueError:
+                continue
+        params[key.strip()] = value
+    return params or None
+
+
+MILVUS_INDEX_BUILD_PARAMS = env_index_params("MILVUS_INDEX_BUILD_PARAMS")
+MILVUS_INDEX_SEARCH_PARAMS = env_index_params("MILVUS_INDEX_SEARCH_PARAMS")
 # reconcile_vectors: an image still pending or processing this long after it was created has lost its message.
 RECONCILE_STUCK_MINUTES = env_int("RECONCILE_STUCK_MINUTES", 15)
 RECONCILE_EVERY_MINUTES = env_int("RECONCILE_EVERY_MINUTES", 10)

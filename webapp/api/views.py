@@ -7,15 +7,20 @@ similar" marks and result clicks, rate-limited per client).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils.cache import get_conditional_response
+from django.utils.http import http_date
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
@@ -27,6 +32,14 @@ from webapp.catalog.models import Product
 from webapp.catalog.selectors import product_list, product_queryset
 from webapp.catalog.services import product_create, product_delete, product_image_create
 from webapp.limits import ScopedCacheThrottle
+from webapp.recommendations.serving import (
+    ab_test_running,
+    similar_body_build,
+    similar_cache_control,
+    similar_cached,
+    similar_served,
+    similar_variant,
+)
 from webapp.search import registry
 from webapp.search.experiments import client_key_for, serving_version_for
 from webapp.search.feedback import (
@@ -42,8 +55,8 @@ from webapp.search.feedback import (
 )
 from webapp.search.localization import LocalizationUnavailable
 from webapp.search.models import ModelVersion, ShopperEvent
-from webapp.search.selectors import InvalidBox, RankedProduct, detect_in_photo, search_by_photo, similar_products
-from webapp.search.vector_store import CollectionNotFound, VectorStoreUnavailable
+from webapp.search.selectors import InvalidBox, RankedProduct, detect_in_photo, search_by_photo
+from webapp.search.vector_store import VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
 Surface = ShopperEvent.Surface
@@ -194,26 +207,36 @@ class ProductSimilarApi(APIView):
         responses={200: s.RankedResultsOutputSerializer, 400: INVALID, 404: NOT_FOUND, 503: UNAVAILABLE},
     )
     def get(self, request, product_id: int):
-        product = get_object_or_404(Product, pk=product_id)
-        params = s.SimilarProductsInputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
+        # A cached body (webapp/recommendations/serving.py) was stored only after the product was found and these
+        # parameters validated, so a hit answers what the full path below would.
         version = serving_version_for(client_key=client_key_for(request))
-        try:
-            ranked = similar_products(
-                product=product, k=params.validated_data["k"], filters=params.to_filters(), version=version
-            )
-            collection = _collection(version)
-        except CollectionNotFound:
-            ranked, collection = [], None  # a fresh install: nothing is indexed yet
-        except VectorStoreUnavailable as exc:
-            return _failure(exc)
-        data = {
-            "count": len(ranked),
-            "collection": collection,
-            "results": [{"score": r.score, "product": r.product} for r in ranked],
-            **_feedback_fields(version, ranked, Surface.SIMILAR, query_ref=f"shop:{product.sku}"),
-        }
-        return Response(s.RankedResultsOutputSerializer(data, context={"request": request}).data)
+        variant = similar_variant(params=request.query_params, scheme_host=f"{request.scheme}://{request.get_host()}")
+        found = similar_cached(version=version, product_id=product_id, variant=variant, environ=request.META)
+        if found is not None:
+            similar_served(version=version, found=found)
+        else:
+            product = get_object_or_404(Product, pk=product_id)
+            params = s.SimilarProductsInputSerializer(data=request.query_params)
+            params.is_valid(raise_exception=True)
+            try:
+                found = similar_body_build(
+                    product=product,
+                    k=params.validated_data["k"],
+                    filters=params.to_filters(),
+                    version=version,
+                    absolute=request.build_absolute_uri,
+                    variant=variant,
+                    environ=request.META,
+                )
+            except VectorStoreUnavailable as exc:
+                return _failure(exc)
+        headers = {"Cache-Control": similar_cache_control(private=ab_test_running())}
+        renderer, media_type = request.accepted_renderer, request.accepted_media_type or ""
+        if not isinstance(renderer, JSONRenderer) or renderer.get_indent(media_type, {}) is not None:
+            return Response(json.loads(found.body), headers=headers)  # the browsable API, or indented JSON
+        headers.update({"ETag": found.etag, "Last-Modified": http_date(found.last_modified)})
+        response = HttpResponse(found.body, content_type="application/json", headers=headers)
+        return get_conditional_response(request, etag=found.etag, last_modified=found.last_modified, response=response)
 
 
 class SearchByImageApi(APIView):

@@ -25,7 +25,9 @@ def category_get_or_create(*, name: str) -> Category:
     name = name.strip()
     if not name:
         raise ValueError("category name is empty")
-    category, _ = Category.objects.get_or_create(name=name, defaults={"slug": _unique_slug(name)})
+    category = Category.objects.filter(name=name).first()
+    if category is None:  # the slug's uniqueness queries only for a new category (imports call this per row)
+        category, _ = Category.objects.get_or_create(name=name, defaults={"slug": _unique_slug(name)})
     return category
 
 

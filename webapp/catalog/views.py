@@ -9,10 +9,10 @@ from django.shortcuts import get_object_or_404, render
 
 from webapp.catalog import selectors
 from webapp.catalog.models import Category, ProductImage
+from webapp.recommendations.serving import similar_ranked
 from webapp.search.experiments import client_key_for, serving_version_for
 from webapp.search.feedback import results_served
 from webapp.search.models import ShopperEvent
-from webapp.search.selectors import similar_products
 from webapp.search.vector_store import VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def product_detail(request, pk: int):
     version = serving_version_for(client_key=client_key_for(request, create_session=True))
     similar, similar_unavailable = [], False
     try:
-        similar = similar_products(product=product, k=SIMILAR_PRODUCTS, version=version)
+        similar = similar_ranked(product=product, k=SIMILAR_PRODUCTS, version=version)
     except VectorStoreUnavailable:
         logger.warning("similar products of %s unavailable: vector store unreachable", product.pk, exc_info=True)
         similar_unavailable = True

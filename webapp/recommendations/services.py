@@ -6,10 +6,10 @@ product itself is dropped, and the best K (settings.SIMILAR_LIST_K, over-fetched
 kept. Everything reads the version's own collection by name (`registry.version_store`), so a version that is not
 active yet gets its lists built before the alias swap.
 
-The build job goes through the catalog in product-id order, CHUNK products at a time: one primary-key vector
-read per product, then ANN searches of SEARCH_BATCH query vectors each for the whole chunk. The cursor (last
-product id written) is saved in the same transaction as the chunk's lists, so an interrupted build resumes where
-it stopped and never writes a list twice; rows are keyed by (version, product).
+The build job goes through the catalog in product-id order, CHUNK products at a time: one batched primary-key
+read of the chunk's image vectors (`vectors_by_image`), then ANN searches of SEARCH_BATCH query vectors each for the
+whole chunk. The cursor (last product id written) is saved in the same transaction as the chunk's lists, so an
+interrupted build resumes where it stopped and never writes a list twice; rows are keyed by (version, product).
 
 Incremental updates (new, changed, deleted products) keep every list an exact prefix of its product's ranking,
 up to the reverse lookup below:
@@ -25,6 +25,14 @@ up to the reverse lookup below:
   dropped at read time (the selector joins every list to the live catalog rows) and a moved one keeps its old
   score; either way the next build rewrites the list and sweeps lists of deleted products;
 - a list that shrinks below half of K is recomputed (the over-fetch for filters would otherwise wear out).
+
+Where updates come from: an ingestion batch queues one `update_similar_lists` task for its products once it commits
+(`similar_lists_after_ingest`; a serving version without lists yet gets its build started first); the vector
+removal task updates the lists of the removed images' products BEFORE it deletes their vectors
+(`similar_lists_before_image_removal`); a re-embed updates the products it caught up. Every list written, removed
+or patched has its cached response bytes dropped (`webapp.recommendations.serving`); a price, category or stock
+edit changes no list but drops the cached responses of the lists that hold the product
+(`similar_lists_holding_invalidate`).
 """
 
 from __future__ import annotations
@@ -41,8 +49,8 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from webapp.catalog.models import Product, ProductImage
-from webapp.recommendations import dispatch
-from webapp.recommendations.models import SimilarList, SimilarListBuild, pack_neighbours
+from webapp.recommendations import dispatch, serving
+from webapp.recommendations.models import SimilarList, SimilarListBuild, pack_neighbours, unpack_neighbours
 from webapp.search import registry
 from webapp.search.models import ModelVersion
 from webapp.search.vector_store import (
@@ -56,7 +64,7 @@ from webapp.search.vector_store import (
 logger = logging.getLogger(__name__)
 
 TRANSIENT = (VectorStoreUnavailable, OperationalError, ConnectionError, TimeoutError)
-SEARCH_BATCH = 256  # query vectors per ANN call
+SEARCH_BATCH = 1024  # query vectors per ANN call (Milvus Lite walks every row once per call, whatever nq is)
 UPDATE_DEPTH_FACTOR = 4  # an updated product looks this many times K deep for the lists it enters or leaves
 DROP_BATCH = 5000
 # Lists are maintained for the versions that serve or are about to: a standby version's lists are rebuilt when
@@ -92,6 +100,10 @@ class UpdateReport:
     patched: int = 0  # other products' lists the updated products entered or left
     refilled: int = 0  # lists recomputed because they had worn below K/2
     seconds: float = 0.0
+    changed: dict[int, set[int]] = field(default_factory=dict)  # version id -> products whose list changed
+
+    def changed_lists(self, version: ModelVersion) -> set[int]:
+        return self.changed.setdefault(version.pk, set())
 
 
 def list_depth() -> int:
@@ -107,26 +119,31 @@ def _image_ids_by_product(product_ids: list[int]) -> dict[int, list[int]]:
     return by_product
 
 
-def _product_vectors(store: MilvusVectorStore, product_ids: list[int]) -> dict[int, np.ndarray]:
-    """Each product's indexed image vectors (products without any are left out).
-
-    One primary-key read per product: the adapter returns vectors without their ids, and a product's vectors are
-    all the merge below needs. (A batched read keyed by image id in the adapter would cut this to one call.)
-    """
+def _product_vectors(
+    store: MilvusVectorStore, product_ids: list[int], leaving: frozenset[int] = frozenset()
+) -> dict[int, np.ndarray]:
+    """Each product's indexed image vectors (products without any are left out), from one batched primary-key read
+    of all their images. `leaving`: images whose vectors are about to be deleted; they no longer count."""
+    by_product = _image_ids_by_product(product_ids)
+    found = store.vectors_by_image([i for ids in by_product.values() for i in ids if i not in leaving])
     vectors = {}
-    for product_id, image_ids in _image_ids_by_product(product_ids).items():
-        found = store.vectors_for_images(image_ids)
-        if len(found):
-            vectors[product_id] = found
+    for product_id, image_ids in by_product.items():
+        rows = [found[i] for i in image_ids if i in found]
+        if rows:
+            vectors[product_id] = np.stack(rows)
     return vectors
 
 
 def compute_neighbours(
-    store: MilvusVectorStore, product_ids: list[int], depth: int, exclude: frozenset[int] = frozenset()
+    store: MilvusVectorStore,
+    product_ids: list[int],
+    depth: int,
+    exclude: frozenset[int] = frozenset(),
+    leaving: frozenset[int] = frozenset(),
 ) -> dict[int, Neighbours]:
     """The `depth` nearest products of each product (never one in `exclude`), from batched ANN searches over
-    `store`'s collection; products without indexed vectors are left out."""
-    return search_neighbours(store, _product_vectors(store, product_ids), depth, exclude)
+    `store`'s collection; products without indexed vectors (not counting the `leaving` images) are left out."""
+    return search_neighbours(store, _product_vectors(store, product_ids, leaving), depth, exclude)
 
 
 def search_neighbours(
@@ -199,8 +216,25 @@ def _list_row(version: ModelVersion, product_id: int, neighbours: Neighbours, no
 
 def _write_lists(version: ModelVersion, lists: dict[int, Neighbours]) -> None:
     now = timezone.now()
+    _upsert([_list_row(version, product_id, neighbours, now) for product_id, neighbours in lists.items()])
+
+
+def _upsert(rows: list[SimilarList]) -> None:
+    """Write lists keyed by (version, product) in one statement (an INSERT ... ON CONFLICT DO UPDATE): far cheaper
+    than a save per row or Django's bulk_update, whose CASE expressions cost more to build than the rows to write."""
+    now = timezone.now()
     SimilarList.objects.bulk_create(
-        [_list_row(version, product_id, neighbours, now) for product_id, neighbours in lists.items()],
+        [
+            SimilarList(
+                version_id=row.version_id,
+                product_id=row.product_id,
+                neighbours=row.neighbours,
+                size=row.size,
+                exhaustive=row.exhaustive,
+                computed_at=row.computed_at if row.pk is None else now,
+            )
+            for row in rows
+        ],
         update_conflicts=True,
         unique_fields=["version", "product_id"],
         update_fields=["neighbours", "size", "exhaustive", "computed_at"],
@@ -208,10 +242,11 @@ def _write_lists(version: ModelVersion, lists: dict[int, Neighbours]) -> None:
 
 
 # The batch job ----------------------------------------------------------------------------------
-def similar_lists_build_start(*, version: ModelVersion, queue: bool = True) -> SimilarListBuild:
+def similar_lists_build_start(*, version: ModelVersion, queue: bool = True, token: str = "") -> SimilarListBuild:
     """(Re)start building every product's list for `version` from the first product; a queued or running build of
-    the same version is superseded. `queue=False` leaves the work to the caller (`similar_lists_build`)."""
-    token = uuid.uuid4().hex
+    the same version is superseded. `queue=False` leaves the work to the caller (`similar_lists_build`); `token`
+    (default: a new one) lets a caller recognise its own build (a re-embed uses its version's task token)."""
+    token = token or uuid.uuid4().hex
     with transaction.atomic():
         job, _ = SimilarListBuild.objects.select_for_update().get_or_create(version=version)
         job.state = State.QUEUED
@@ -285,6 +320,7 @@ def _build(version: ModelVersion, job: SimilarListBuild, chunk: int, time_budget
             job.done += len(product_ids)
             job.total = max(job.total, job.done)
             job.save(update_fields=["cursor", "done", "total", "updated_at"])
+        serving.similar_bytes_invalidate(version_id=version.pk, product_ids=product_ids)
         logger.info("similar lists of %s: %s", version.model_version, job.progress)
         if len(product_ids) < chunk:
             break  # the last chunk: finish now rather than in one more call
@@ -308,7 +344,10 @@ def _maintained_versions() -> list[ModelVersion]:
 def similar_lists_update(*, product_ids: list[int], version: ModelVersion | None = None) -> UpdateReport:
     """Bring the lists up to date after these products were created, re-embedded or edited, or deleted: their own
     lists, and the lists of other products they enter or leave. `version` None: every version whose lists are
-    maintained (active, candidate, being embedded, with a build started). Idempotent."""
+    maintained (active, candidate, being embedded, with a build started). Idempotent.
+
+    The report's `changed` names every list written, removed or patched, per version; their cached response bytes
+    are dropped here."""
     started = time.monotonic()
     report = UpdateReport()
     wanted = sorted({int(pid) for pid in product_ids})
@@ -322,16 +361,83 @@ def similar_lists_update(*, product_ids: list[int], version: ModelVersion | None
     return report
 
 
-def _update_version(version: ModelVersion, store: MilvusVectorStore, wanted: list[int], report: UpdateReport) -> None:
+def similar_lists_before_image_removal(*, image_ids: list[int]) -> UpdateReport:
+    """Update the lists of these images' products in every maintained version BEFORE their vectors are deleted
+    (the vector removal task calls this, then deletes): a deleted product's vectors are what finds the lists that
+    hold it. The removed images no longer count for their products (a product keeps its other images' vectors).
+    The products are read from each version's collection (the image rows are usually gone already)."""
+    started = time.monotonic()
+    report = UpdateReport()
+    leaving = frozenset(int(i) for i in image_ids)
+    for target in _maintained_versions():
+        store = registry.version_store(target)
+        if not store.exists():
+            continue
+        owners = store.products_of_images(sorted(leaving))
+        if not owners:
+            continue
+        report.versions.append(target.model_version)
+        _update_version(target, store, sorted(set(owners.values())), report, leaving=leaving)
+    report.seconds = round(time.monotonic() - started, 4)
+    return report
+
+
+def similar_lists_after_ingest(*, product_ids: list[int], version: ModelVersion) -> None:
+    """An ingestion batch upserted these products' vectors into `version`'s collection (and the A/B candidates'):
+    once it commits, queue ONE incremental update of their lists in every maintained version. A serving version
+    with no lists at all (a fresh install's first ingestion, or lists dropped) gets its build started first; the
+    build then covers whatever is ingested before it reaches each product, the updates the rest."""
+    ids = sorted({int(pid) for pid in product_ids})
+    if not ids:
+        return
+
+    def queue() -> None:
+        if not SimilarListBuild.objects.filter(version=version).exists():
+            similar_lists_build_start(version=version)
+        dispatch.update_queue(product_ids=ids)
+
+    transaction.on_commit(queue)
+
+
+def similar_lists_holding_invalidate(*, product_ids: list[int]) -> dict[int, set[int]]:
+    """A product's price, category or stock changed: no list changes (filters apply at read time), but the cached
+    responses of the lists that hold it show its old fields. Drop those (and its own), per maintained version;
+    returns the product ids dropped per version id. The holders are found as in an update (its nearest, searched
+    UPDATE_DEPTH_FACTOR x K deep, whose stored list holds it)."""
+    wanted = frozenset(int(pid) for pid in product_ids)
+    dropped: dict[int, set[int]] = {}
+    for target in _maintained_versions():
+        store = registry.version_store(target)
+        if not store.exists():
+            continue
+        nearest = compute_neighbours(store, sorted(wanted), list_depth() * UPDATE_DEPTH_FACTOR)
+        candidates = {pid for neighbours in nearest.values() for pid in neighbours.product_ids}
+        rows = SimilarList.objects.filter(version=target, product_id__in=candidates).values_list(
+            "product_id", "neighbours"
+        )
+        holders = {pid for pid, packed in rows if wanted.intersection(unpack_neighbours(packed)[0].tolist())}
+        dropped[target.pk] = holders | wanted
+        serving.similar_bytes_invalidate(version_id=target.pk, product_ids=sorted(dropped[target.pk]))
+    return dropped
+
+
+def _update_version(
+    version: ModelVersion,
+    store: MilvusVectorStore,
+    wanted: list[int],
+    report: UpdateReport,
+    leaving: frozenset[int] = frozenset(),
+) -> None:
     depth = list_depth()
     holder_depth = depth * UPDATE_DEPTH_FACTOR
+    changed = report.changed_lists(version)
     previous = {
         row.product_id: row.unpacked()[0].tolist()
         for row in SimilarList.objects.filter(version=version, product_id__in=wanted)
     }
     present = list(Product.objects.filter(pk__in=wanted).values_list("pk", flat=True))
     deleted = frozenset(wanted) - frozenset(present)
-    deep = compute_neighbours(store, present, holder_depth, exclude=deleted)
+    deep = compute_neighbours(store, present, holder_depth, exclude=deleted, leaving=leaving)
     gone = set(wanted) - set(deep)  # deleted, or left without indexed vectors
     # Who may hold or now enter an updated product's place: its old neighbours and its new ones, and for a product
     # that is gone, while its vectors are still indexed (its vectors are removed after this update), its nearest.
@@ -346,24 +452,27 @@ def _update_version(version: ModelVersion, store: MilvusVectorStore, wanted: lis
         | {pid for ids in previous.values() for pid in ids}
         | {pid for neighbours in left.values() for pid in neighbours.product_ids}
     ) - set(wanted)
-    worn = []
     with transaction.atomic():
         _write_lists(version, {pid: neighbours.truncated(depth) for pid, neighbours in deep.items()})
         report.recomputed += len(deep)
-        report.removed += SimilarList.objects.filter(version=version, product_id__in=gone).delete()[0]
+        changed.update(deep)
+        removed = SimilarList.objects.filter(version=version, product_id__in=gone)
+        changed.update(removed.values_list("product_id", flat=True))
+        report.removed += removed.delete()[0]
         rows = SimilarList.objects.select_for_update().filter(version=version, product_id__in=candidates)
-        for row in rows:
-            if _patch(row, set(wanted), entering.get(row.product_id, {}), depth):
-                row.computed_at = timezone.now()
-                row.save(update_fields=["neighbours", "size", "exhaustive", "computed_at"])
-                report.patched += 1
-                if row.size < depth // 2 and not row.exhaustive:
-                    worn.append(row.product_id)
+        updated = frozenset(wanted)
+        patched = [row for row in rows if _patch(row, updated, entering.get(row.product_id, {}), depth)]
+        _upsert(patched)
+        report.patched += len(patched)
+        changed.update(row.product_id for row in patched)
+        worn = [row.product_id for row in patched if row.size < depth // 2 and not row.exhaustive]
     if worn:
-        refreshed = compute_neighbours(store, worn, depth, exclude=deleted)
+        refreshed = compute_neighbours(store, worn, depth, exclude=deleted, leaving=leaving)
         with transaction.atomic():
             _write_lists(version, refreshed)
         report.refilled += len(refreshed)
+    if changed:
+        serving.similar_bytes_invalidate(version_id=version.pk, product_ids=sorted(changed))
 
 
 def _indexed_vectors(store: MilvusVectorStore, product_id: int) -> np.ndarray:
@@ -372,13 +481,19 @@ def _indexed_vectors(store: MilvusVectorStore, product_id: int) -> np.ndarray:
     return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
 
-def _patch(row: SimilarList, updated: set[int], entering: dict[int, float], depth: int) -> bool:
-    """Take the updated products out of a stored list and put back those that rank in it; True when it changed."""
+def _patch(row: SimilarList, updated: frozenset[int], entering: dict[int, float], depth: int) -> bool:
+    """Take the updated products out of a stored list and put back those that rank in it; True when it changed.
+
+    Most candidate lists neither hold an updated product nor let one in: those are told apart first, cheaply."""
     ids, scores = row.unpacked()
-    kept = [(int(pid), float(score)) for pid, score in zip(ids, scores, strict=True) if int(pid) not in updated]
     # Everything outside a list scores at most its lowest score; an exhaustive list holds everything.
     floor = -np.inf if row.exhaustive or len(scores) == 0 else float(scores[-1])
-    merged = kept + [(pid, score) for pid, score in entering.items() if score >= floor]
+    arriving = [(pid, score) for pid, score in entering.items() if score >= floor]
+    held = ids.tolist()
+    if not arriving and updated.isdisjoint(held):
+        return False
+    kept = [(pid, score) for pid, score in zip(held, scores.tolist(), strict=True) if pid not in updated]
+    merged = kept + arriving
     merged.sort(key=lambda item: item[1], reverse=True)
     exhaustive = row.exhaustive and len(merged) <= depth
     merged = merged[:depth]

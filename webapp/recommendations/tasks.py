@@ -56,4 +56,10 @@ def update_similar_lists(self, product_ids: list[int], version_id: int | None = 
         report = services.similar_lists_update(product_ids=product_ids, version=version)
     except services.TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=_backoff_seconds(self.request.retries)) from exc
-    return {"versions": report.versions, "recomputed": report.recomputed, "patched": report.patched}
+    return {
+        "versions": report.versions,
+        "recomputed": report.recomputed,
+        "removed": report.removed,
+        "patched": report.patched,
+        "changed": {str(pk): len(ids) for pk, ids in report.changed.items()},
+    }

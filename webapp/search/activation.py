@@ -2,9 +2,17 @@
 
 Activating a version embeds every ready catalog image with that version's embedder into
 a NEW collection (`<prefix>_<model_version>`) while the product keeps reading the active one, runs
-catch-up passes for images ingested or edited meanwhile, then points the alias at the new collection
-(one atomic alias swap: no downtime). The previous version becomes standby and its collection is kept,
-so rolling back is another alias swap. Every step is idempotent: re-running resumes or does nothing.
+catch-up passes for images ingested or edited meanwhile, builds the version's precomputed similar lists
+(webapp.recommendations: chunked and resumable, its progress on the version's admin page), catches up once
+more and updates the lists of what it caught up, then points the alias at the new collection (one atomic alias
+swap: no downtime, and the product pages of the new version read stored lists from the first request). The
+previous version becomes standby and its collection is kept, so rolling back is another alias swap (its lists are
+rebuilt in the background). Every step is idempotent: re-running resumes or does nothing.
+
+The list build is the re-embed task's second phase, run in the same task chain (each task a time budget, then it
+queues the next): the phase has started when the version's build job carries the version's task token. Entering
+it moves `reembed_started_at` to the start of the last catch-up pass, so the catch-up after the build covers only
+what changed while it ran.
 
 A/B candidates: `model_version_prepare_candidate` runs the same re-embed but, instead of swapping, leaves the
 version CANDIDATE serving `ab_share` of shoppers (webapp.search.experiments). While it is prepared (state
@@ -30,6 +38,8 @@ from django.utils import timezone
 from ml.detection.crops import embed_items
 from webapp.catalog.images import InvalidImage, open_stored_image
 from webapp.catalog.models import ProductImage
+from webapp.recommendations import services as recommendations
+from webapp.recommendations.models import SimilarListBuild
 from webapp.search import dispatch, registry
 from webapp.search.embedders import Embedder
 from webapp.search.models import ModelVersion
@@ -81,6 +91,8 @@ def model_version_activate(*, version: ModelVersion, queue: bool = True) -> str:
             locked.reembed_cursor = max(locked.reembed_cursor, newest)
             locked.reembed_started_at = timezone.now()
             locked.total = locked.embedded = max(locked.embedded, _eligible().count())
+            # Its lists were built when it was prepared and kept current since: the build phase is done already.
+            SimilarListBuild.objects.filter(version=locked, state=SimilarListBuild.State.DONE).update(task_token=token)
         elif locked.state != State.EMBEDDING:
             # A fresh start (registered, failed, or a standby version re-embedded from scratch).
             _reset_progress(locked)
@@ -175,19 +187,29 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
     started = time.monotonic()
     embedder = registry.embedder_for(version)
     collection = _reembed_start(version, embedder)
-    if not _main_pass(version, embedder, collection, batch_size, started, time_budget):
+    if not _building_lists(version):
+        if not _main_pass(version, embedder, collection, batch_size, started, time_budget):
+            return False
+        since, _ = _catch_up_passes(version, embedder, collection, batch_size)
+        _prune(collection)
+        registry.get_vector_store().flush(collection)
+        _lists_phase_start(version, since)
+    if not _lists_built(version, started, time_budget):
         return False
+    # What changed while the lists were built: embedded, and its lists (and its neighbours') updated.
     since, seen = _catch_up_passes(version, embedder, collection, batch_size)
-    _prune(collection)
     registry.get_vector_store().flush(collection)
+    _lists_update(version, list(seen))
     if version.ab_share > 0:
         _become_candidate(version)
         return True
     if not _swap(version, collection):
         return True
     # Images the old version ingested while we swapped, then stamp every vector's version on its image.
+    before_swap = dict(seen)
     _catch_up(embedder, version, collection, since, seen, batch_size)
     registry.get_vector_store().flush(collection)
+    _lists_update(version, [pk for pk, mark in seen.items() if before_swap.get(pk) != mark])
     ProductImage.objects.filter(status=ProductImage.Status.READY, embedded_at__lt=since).exclude(
         model_version=version.model_version
     ).update(model_version=version.model_version)
@@ -195,6 +217,56 @@ def _reembed(version: ModelVersion, time_budget: float | None, batch_size: int) 
     # A last look once in-flight ingest batches (started before the swap) have committed.
     dispatch.reembed_queue_on_commit(version_id=version.pk, token=version.task_token, countdown=10)
     return True
+
+
+def _building_lists(version: ModelVersion) -> bool:
+    """Whether this re-embed is past its embedding phase: its version's build job carries its task token."""
+    return SimilarListBuild.objects.filter(version=version, task_token=version.task_token).exists()
+
+
+def _lists_phase_start(version: ModelVersion, since: datetime) -> None:
+    """The collection is current as of `since` (the last catch-up pass): record that, and start the list build."""
+    version.reembed_started_at = since + CATCH_UP_MARGIN
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk, task_token=version.task_token).update(
+            reembed_started_at=version.reembed_started_at,
+            reembed_cursor=version.reembed_cursor,
+            updated_at=timezone.now(),
+        )
+        recommendations.similar_lists_build_start(version=version, queue=False, token=version.task_token)
+    logger.info("re-embed %s: embedded; building its similar lists", version.model_version)
+
+
+def _lists_built(version: ModelVersion, started: float, time_budget: float | None) -> bool:
+    """Run the version's list build for what is left of the time budget; True once it is done.
+
+    A build restarted meanwhile under another token (the admin's rebuild) is taken back under this re-embed's.
+    A build that fails raises BuildFailed: the re-embed fails with the reason and the alias does not move."""
+    while True:
+        left = None if time_budget is None else max(0.0, time_budget - (time.monotonic() - started))
+        if not recommendations.similar_lists_build(version=version, token=version.task_token, time_budget=left):
+            return False
+        job = SimilarListBuild.objects.filter(version=version).first()
+        if job is not None and job.task_token == version.task_token and job.state == SimilarListBuild.State.DONE:
+            return True
+        logger.info("re-embed %s: its list build was restarted elsewhere; building again", version.model_version)
+        recommendations.similar_lists_build_start(version=version, queue=False, token=version.task_token)
+
+
+def _lists_update(version: ModelVersion, image_ids: list[int]) -> None:
+    """Update the version's lists for the products of images just (re-)embedded into its collection."""
+    product_ids: set[int] = set()
+    for start in range(0, len(image_ids), 5000):
+        chunk = image_ids[start : start + 5000]
+        product_ids.update(ProductImage.objects.filter(pk__in=chunk).values_list("product_id", flat=True))
+    if product_ids:
+        report = recommendations.similar_lists_update(product_ids=sorted(product_ids), version=version)
+        logger.info(
+            "re-embed %s: lists of %d caught-up product(s) updated, %d other lists patched",
+            version.model_version,
+            len(product_ids),
+            report.patched,
+        )
 
 
 def _reembed_start(version: ModelVersion, embedder: Embedder) -> str:
@@ -348,6 +420,7 @@ def _reconcile_active(version: ModelVersion, batch_size: int) -> None:
         written += _embed_into(embedder, version, batch, collection)
     registry.get_vector_store().flush(collection)
     _stamp(written, version.model_version)
+    _lists_update(version, written)
     logger.info("model version %s: reconciled %d image(s)", version.model_version, len(written))
 
 
@@ -426,6 +499,9 @@ def model_version_rollback(*, version: ModelVersion | None = None) -> ModelVersi
         )
         if changed:
             dispatch.ingest_queue_on_commit(image_ids=changed)
+        # Its lists stopped being maintained when it went standby: they serve (reads drop deleted products) while
+        # the build rewrites them.
+        recommendations.similar_lists_build_start(version=locked)
     registry.reset_active_version_cache()
     logger.info(
         "rolled back to %s (was %s); %d changed image(s) queued", version.model_version, previous_name, len(changed)

@@ -51,6 +51,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "state",
         "ab_share_percent",
         "progress",
+        "similar_lists",
         "dim",
         "headline_metrics",
         "data_hash_short",
@@ -72,6 +73,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "embedded",
         "total",
         "progress",
+        "similar_lists",
         "reembed_cursor",
         "reembed_started_at",
         "error",
@@ -88,6 +90,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_activate_permission(self, request, obj=None):
         return request.user.has_perm(ACTIVATE_PERMISSION)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("similar_build")
+
+    @admin.display(description="Similar lists")
+    def similar_lists(self, obj):
+        """The version's list build (activation runs it before the alias swap): state and done/total."""
+        job = getattr(obj, "similar_build", None)
+        if job is None:
+            return "-"
+        return f"{job.get_state_display().lower()} {job.progress}"
 
     @admin.display(description="A/B share")
     def ab_share_percent(self, obj):

@@ -12,7 +12,9 @@ beat), which re-queues images left pending, deletes vectors of deleted images an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from celery.result import AsyncResult
 from django.db import transaction
@@ -32,15 +34,21 @@ INGEST_BATCH_SIZE = 32
 
 logger = logging.getLogger(__name__)
 
+# Set inside `ingest_batched_on_commit()`: the image ids of this block whose writes committed, queued together.
+_committed_ingest_ids: ContextVar[list[int] | None] = ContextVar("committed_ingest_ids", default=None)
 
-def _publish_after_commit(what: str, publish: Callable[[], object]) -> None:
-    """Run `publish` once the transaction commits; a broker failure is logged, never raised into the write."""
+
+def _publish_after_commit(what: str | Callable[[], str], publish: Callable[[], object]) -> None:
+    """Run `publish` once the transaction commits; a broker failure is logged, never raised into the write.
+
+    `what` names the work in that log line (a callable when it is only known at commit time)."""
 
     def run() -> None:
         try:
             publish()
         except (BrokerUnavailable, OSError) as exc:
-            logger.error("broker unreachable, %s not queued (reconcile_vectors will pick it up): %s", what, exc)
+            described = what() if callable(what) else what
+            logger.error("broker unreachable, %s not queued (reconcile_vectors will pick it up): %s", described, exc)
 
     transaction.on_commit(run)
 
@@ -54,9 +62,40 @@ def ingest_queue(*, image_ids: list[int], batch_size: int = INGEST_BATCH_SIZE) -
 
 
 def ingest_queue_on_commit(*, image_ids: list[int]) -> None:
-    """Queue ingestion after the commit; with the broker down the images stay pending until reconcile."""
+    """Queue ingestion after the commit; with the broker down the images stay pending until reconcile.
+
+    Inside `ingest_batched_on_commit()` the ids join that block's batches instead of being queued on their own.
+    """
     ids = list(image_ids)
+    committed = _committed_ingest_ids.get()
+    if committed is not None:
+        # An on-commit callback, not a plain append: ids written in a savepoint that rolls back are dropped with it.
+        transaction.on_commit(lambda: committed.extend(ids))
+        return
     _publish_after_commit(f"ingestion of images {ids[:10]}", lambda: ingest_queue(image_ids=ids))
+
+
+@contextmanager
+def ingest_batched_on_commit(*, batch_size: int = INGEST_BATCH_SIZE) -> Iterator[list[int]]:
+    """Coalesce the `ingest_queue_on_commit` calls made in this block into tasks of `batch_size` images.
+
+    Enter it inside the transaction that writes the images: once that transaction commits, the ids of the images
+    whose writes committed are queued together, in the order they were written (one task per `batch_size`, not one
+    per image). A rolled-back transaction queues nothing; a savepoint rolled back inside it drops its own ids only.
+    Outside a transaction each write commits at once and the ids are queued when the block ends. Yields the list
+    the committed ids are collected into (filled only once they commit).
+    """
+    committed: list[int] = []
+    token = _committed_ingest_ids.set(committed)
+    try:
+        yield committed
+    finally:
+        _committed_ingest_ids.reset(token)
+        # Registered after every id's own callback, so it runs after them (Django runs them in order).
+        _publish_after_commit(
+            lambda: f"ingestion of {len(committed)} images {committed[:10]} (all or some of their tasks)",
+            lambda: ingest_queue(image_ids=committed, batch_size=batch_size) if committed else 0,
+        )
 
 
 def image_vectors_removal_on_commit(*, image_ids: list[int]) -> None:

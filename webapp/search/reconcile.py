@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from webapp.catalog.models import ProductImage
+from webapp.recommendations import services as recommendations
 from webapp.search import dispatch, registry
 from webapp.search.models import ModelVersion
 from webapp.search.services import vector_row
@@ -175,6 +176,8 @@ def _find_stuck(reports: list[Drift], stuck_after: timedelta | None) -> None:
 def _repair(store: VectorStore, drift: Drift) -> None:
     view = store.collection(drift.collection)
     if drift.orphans:
+        # The lists that hold the orphans' products are found through those vectors: update before deleting.
+        recommendations.similar_lists_before_image_removal(image_ids=drift.orphans)
         view.delete_images(drift.orphans)
         drift.deleted = len(drift.orphans)
     if drift.mismatched:

@@ -149,6 +149,48 @@ def embedder_for(version: ModelVersion) -> Embedder:
     return embedder
 
 
+def serving_models_preload(*, warm_up: bool = True) -> dict[str, float]:
+    """Load, before a web worker takes its first request, what a search would otherwise load on first use: the
+    embedder of every version that serves (the active one and an A/B candidate), one forward pass of each at the
+    batch shapes a search uses (one image; one crop per CROP_CONTEXTS) so the first shopper does not pay for
+    kernel set-up either, one search of its collection (the vector store's connection and first-query set-up), and
+    the URL configuration (every view module imported).
+    Returns the time each step took (ms).
+
+    Run by gunicorn's post_worker_init hook (docker/gunicorn.conf.py), in the worker process after the app has
+    loaded; never in a Celery prefork parent, a management command or a test that does not ask for it. Reads only:
+    with no version active yet there is nothing to load, and the first search loads lazily as before.
+    """
+    from PIL import Image
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    versions = [v for v in (active_version(fresh=True), candidate_version(fresh=True)) if v is not None]
+    timings["versions_ms"] = (time.perf_counter() - started) * 1000
+    for version in versions:
+        t0 = time.perf_counter()
+        embedder = embedder_for(version)
+        timings[f"load:{version.model_version}_ms"] = (time.perf_counter() - t0) * 1000
+        if not warm_up:
+            continue
+        t0 = time.perf_counter()
+        blank = Image.new("RGB", (224, 224), (128, 128, 128))
+        vectors = [embedder.embed([blank] * batch) for batch in sorted({1, max(1, len(settings.CROP_CONTEXTS))})]
+        timings[f"warm_up:{version.model_version}_ms"] = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        # One search of the version's collection: opens the gRPC channel and pays the first query's set-up (measured
+        # ~100 ms on the first search of a worker otherwise); a collection that does not exist yet answers empty.
+        version_store(version).search(vectors[0][0], 1)
+        timings[f"vector_store:{version.model_version}_ms"] = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imports every app's urls, views and serializers now, not on request 1
+    timings["urls_ms"] = (time.perf_counter() - t0) * 1000
+    timings["total_ms"] = (time.perf_counter() - started) * 1000
+    return timings
+
+
 # The detector ---------------------------------------------------------------------------------
 @functools.cache
 def _detector(artifact_dir: str, device: str) -> Detector:
@@ -164,9 +206,25 @@ def detector() -> Detector:
 
 # The vector store ----------------------------------------------------------------------------
 @functools.cache
-def _store(uri: str, token: str, alias: str, prefix: str, index_type: str, connect_timeout: float) -> MilvusVectorStore:
+def _store(
+    uri: str,
+    token: str,
+    alias: str,
+    prefix: str,
+    index_type: str,
+    connect_timeout: float,
+    index_params: tuple[tuple[str, object], ...],
+    search_params: tuple[tuple[str, object], ...],
+) -> MilvusVectorStore:
     return MilvusVectorStore(
-        uri=uri, token=token, alias=alias, prefix=prefix, index_type=index_type, connect_timeout=connect_timeout
+        uri=uri,
+        token=token,
+        alias=alias,
+        prefix=prefix,
+        index_type=index_type,
+        connect_timeout=connect_timeout,
+        index_params=dict(index_params),
+        search_params=dict(search_params),
     )
 
 
@@ -179,6 +237,8 @@ def get_vector_store() -> MilvusVectorStore:
         settings.MILVUS_COLLECTION_PREFIX,
         settings.MILVUS_INDEX_TYPE,
         settings.MILVUS_CONNECT_TIMEOUT,
+        tuple(sorted((settings.MILVUS_INDEX_BUILD_PARAMS or {}).items())),
+        tuple(sorted((settings.MILVUS_INDEX_SEARCH_PARAMS or {}).items())),
     )
 
 

@@ -1,4 +1,9 @@
-"""Writes to the vector store: ingestion of product images, sync and removal of their vectors."""
+"""Writes to the vector store: ingestion of product images, sync and removal of their vectors.
+
+Each keeps the precomputed similar lists (webapp.recommendations) in step: an ingested batch queues one update of
+its products' lists once it commits; a removal updates the lists before it deletes the vectors (they tell which
+lists held a deleted product); a price, category or stock edit drops the cached responses that show the product.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from PIL import Image
 from ml.detection.crops import embed_items, item_crops
 from webapp.catalog.images import InvalidImage, looks_like_product_shot, make_thumbnail, open_stored_image
 from webapp.catalog.models import Product, ProductImage
+from webapp.recommendations import services as recommendations
 from webapp.search import registry
 from webapp.search.localization import LocalizationUnavailable, detect_items
 from webapp.search.models import ModelVersion
@@ -125,6 +131,10 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
             for store in _kept_stores():
                 store.delete_images([image.pk])
             report.missing.append(image.pk)
+    ready = set(report.ready)
+    recommendations.similar_lists_after_ingest(
+        product_ids=[image.product_id for image, _, _ in prepared if image.pk in ready], version=used
+    )
     return report
 
 
@@ -216,6 +226,15 @@ def images_mark_failed(*, image_ids: list[int], reason_by_id: dict[int, str] | N
 
 
 def image_vectors_remove(*, image_ids: list[int]) -> None:
+    """Delete the images' vectors everywhere, after updating the similar lists their products are in (a deleted
+    product's vectors are what finds the lists that hold it). A transient failure of that update retries the whole
+    task; any other is logged and the vectors go anyway (reads drop deleted products; the next build sweeps)."""
+    try:
+        recommendations.similar_lists_before_image_removal(image_ids=image_ids)
+    except recommendations.TRANSIENT:
+        raise
+    except Exception:  # noqa: BLE001 (the lists are derived data: a bug there must not keep vectors of deleted images)
+        logger.exception("similar lists not updated before removing the vectors of images %s", image_ids[:10])
     registry.get_vector_store().delete_images(image_ids)
     for store in _kept_stores():  # a rollback or a finishing re-embed must not bring them back
         store.delete_images(image_ids)
@@ -226,6 +245,7 @@ def product_vectors_sync(*, product_id: int) -> int:
     store = registry.get_vector_store()
     product = Product.objects.filter(pk=product_id).first()
     if product is None:
+        recommendations.similar_lists_update(product_ids=[product_id])  # before its vectors go, as for a removal
         store.delete_products([product_id])
         for kept in _kept_stores():
             kept.delete_products([product_id])
@@ -240,4 +260,5 @@ def product_vectors_sync(*, product_id: int) -> int:
         for row in candidate_rows:
             row.update(category_id=product.category_id, price=float(product.price), in_stock=bool(product.in_stock))
         view.upsert(candidate_rows)
+    recommendations.similar_lists_holding_invalidate(product_ids=[product_id])
     return len(rows)

@@ -25,6 +25,8 @@ from pymilvus.exceptions import ErrorCode, MilvusException
 RELEASED_COLLECTION = re.compile(r"Collection '([^']+)' is in state 'released'")
 OUTPUT_FIELDS = ["product_id", "category_id", "price", "in_stock", "model_version"]
 MAX_SEARCH_LIMIT = 16384
+NOT_LOADED = 101  # Milvus 2.3+: "collection not loaded"
+GET_BATCH = 1000  # ids per primary-key get (the request is an `in` expression of them)
 
 
 class VectorStoreError(RuntimeError):
@@ -89,6 +91,8 @@ class VectorStore(Protocol):
     def delete_products(self, product_ids: list[int]) -> None: ...
     def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]: ...
     def vectors_for_images(self, image_ids: list[int]) -> np.ndarray: ...
+    def vectors_by_image(self, image_ids: list[int], batch_size: int = ...) -> dict[int, np.ndarray]: ...
+    def products_of_images(self, image_ids: list[int], batch_size: int = ...) -> dict[int, int]: ...
     def iter_rows(self, output_fields: tuple[str, ...] = ..., batch_size: int = 1000) -> Iterator[dict]: ...
     def iter_image_ids(self, batch_size: int = 1000) -> Iterator[int]: ...
     def count(self, collection: str | None = None) -> int: ...
@@ -103,7 +107,14 @@ class _Connection:
         self.reconnect_backoff = min(connect_timeout, 3.0)
         self._retry_connect_after = 0.0
         self._client: MilvusClient | None = None
+        self._lite: bool | None = None
         self._lock = threading.Lock()
+
+    def is_lite(self) -> bool:
+        """Milvus Lite (flush is cheap and reads are always current) or a Milvus server (version "v2.x")."""
+        if self._lite is None:
+            self._lite = str(self.client().get_server_version()).startswith("milvus_lite")
+        return self._lite
 
     def client(self) -> MilvusClient:
         with self._lock:
@@ -134,6 +145,8 @@ class MilvusVectorStore:
         index_type: str = "AUTOINDEX",
         connect_timeout: float = 5.0,
         *,
+        index_params: dict | None = None,
+        search_params: dict | None = None,
         _connection: _Connection | None = None,
         _pinned: str | None = None,
     ):
@@ -142,6 +155,8 @@ class MilvusVectorStore:
         self.alias = alias
         self.prefix = prefix
         self.index_type = index_type
+        self.index_params = dict(index_params) if index_params else None
+        self.search_params = dict(search_params) if search_params else None
         self._connection = _connection or _Connection(uri, token, connect_timeout)
         self._pinned = _pinned
 
@@ -165,20 +180,35 @@ class MilvusVectorStore:
     def collection(self, name: str) -> MilvusVectorStore:
         """A view of this store pinned to one collection by name (same connection)."""
         return MilvusVectorStore(
-            self.uri, self.token, self.alias, self.prefix, self.index_type, _connection=self._connection, _pinned=name
+            self.uri,
+            self.token,
+            self.alias,
+            self.prefix,
+            self.index_type,
+            index_params=self.index_params,
+            search_params=self.search_params,
+            _connection=self._connection,
+            _pinned=name,
         )
 
     # Calls ------------------------------------------------------------------------------------
     def _invoke(self, method: str, *args, **kwargs):
-        """Call the client; a collection the server restarted with is released: load it and retry once."""
+        """Call the client; a collection that is released (Milvus Lite after a restart, a server after a release) is
+        loaded and the call retried once."""
         client = self._connection.client()
         try:
             return getattr(client, method)(*args, **kwargs)
         except MilvusException as exc:
             released = RELEASED_COLLECTION.search(str(exc))
-            if released is None:
+            if released is not None:  # Milvus Lite names the collection
+                name = released.group(1)
+            elif exc.code == NOT_LOADED or "collection not loaded" in str(exc) or "delegator" in str(exc):
+                # A server names the collection's id (and for a few seconds after a release its shard-leader cache
+                # answers "delegator ... not found"): load what was called; an alias loads its collection.
+                name = kwargs.get("collection_name") or args[0]
+            else:
                 raise
-            client.load_collection(released.group(1))
+            client.load_collection(name)
             return getattr(client, method)(*args, **kwargs)
 
     def _call(self, method: str, *args, **kwargs):
@@ -224,17 +254,25 @@ class MilvusVectorStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index("vector", index_type=self.index_type, metric_type="COSINE", **self._index_options())
-        self._call("create_collection", name, schema=schema, index_params=index_params)
+        # Session consistency: a process reads its own writes at once, other processes within one time tick (about
+        # 200 ms on Milvus 2.3). Strong would hold every search for that tick (measured: 200 ms a search instead of
+        # 3 ms); Bounded, a Milvus server's default, may answer up to 5 s stale. Milvus Lite is consistent anyway.
+        self._call("create_collection", name, schema=schema, index_params=index_params, consistency_level="Session")
         return name
 
     def _index_options(self) -> dict:
-        if self.index_type == "HNSW":
-            return {"params": {"M": 16, "efConstruction": 200}}
-        if self.index_type in ("GPU_CAGRA",):
-            return {"params": {"intermediate_graph_degree": 64, "graph_degree": 32}}
-        if self.index_type in ("IVF_PQ", "GPU_IVF_PQ"):
-            return {"params": {"nlist": 4096, "m": 64, "nbits": 8}}
-        return {}
+        """The index's build parameters: the store's own (settings.MILVUS_INDEX_BUILD_PARAMS), else the index type's
+        defaults. A Milvus server refuses HNSW and the IVF indexes without them; AUTOINDEX and FLAT take none."""
+        params = self.index_params or {
+            "HNSW": {"M": 16, "efConstruction": 200},
+            "IVF_FLAT": {"nlist": 1024},
+            "IVF_SQ8": {"nlist": 1024},
+            "IVF_PQ": {"nlist": 4096, "m": 64, "nbits": 8},
+            "GPU_IVF_FLAT": {"nlist": 1024},
+            "GPU_IVF_PQ": {"nlist": 4096, "m": 64, "nbits": 8},
+            "GPU_CAGRA": {"intermediate_graph_degree": 64, "graph_degree": 32},
+        }.get(self.index_type)
+        return {"params": dict(params)} if params else {}
 
     def active_collection(self) -> str | None:
         """The collection the alias points at; None before the first collection is created."""
@@ -274,7 +312,21 @@ class MilvusVectorStore:
         target = collection or self.target
         self._call("upsert", target, rows)
         if flush:
+            self._settle(target, int(rows[0]["image_id"]))
+
+    def _settle(self, target: str, image_id: int) -> None:
+        """Return once every reader sees the write: Milvus Lite flushes (~15 ms); a server answers a Strong read of
+        one written row after one time tick (~200 ms), where a flush costs 2.5-3 s and seals a tiny segment."""
+        if self._connection.is_lite():
             self._call("flush", target)
+        else:
+            self._call(
+                "query",
+                target,
+                filter=f"image_id == {int(image_id)}",
+                output_fields=["image_id"],
+                consistency_level="Strong",
+            )
 
     def flush(self, collection: str | None = None) -> None:
         """Seal what was written so a search sees it (used when freshness is promised)."""
@@ -283,10 +335,19 @@ class MilvusVectorStore:
     def delete_images(self, image_ids: list[int]) -> None:
         if image_ids:
             self._call("delete", self.target, ids=[int(i) for i in image_ids])
+            self._deleted(self.target)
 
     def delete_products(self, product_ids: list[int]) -> None:
         if product_ids:
             self._call("delete", self.target, filter=f"product_id in {[int(p) for p in product_ids]}")
+            self._deleted(self.target)
+
+    def _deleted(self, target: str) -> None:
+        """Return once every reader misses the deleted rows: nothing to wait for on Milvus Lite; on a server (where a
+        delete does not advance the session's timestamp) a Strong read waits one time tick (~200 ms) until every
+        query node has applied the delete."""
+        if not self._connection.is_lite():
+            self._call("query", target, filter="image_id < 0", output_fields=["image_id"], consistency_level="Strong")
 
     def rows_for_product(self, product_id: int, with_vectors: bool = True) -> list[dict]:
         fields = ["image_id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
@@ -304,6 +365,34 @@ class MilvusVectorStore:
             return np.zeros((0, 0), dtype=np.float32)
         rows = self._read("get", self.target, ids=[int(i) for i in image_ids], output_fields=["vector"], empty=[])
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
+
+    def vectors_by_image(self, image_ids: list[int], batch_size: int = GET_BATCH) -> dict[int, np.ndarray]:
+        """Each indexed image's vector keyed by image id (images not indexed are left out): one primary-key get per
+        `batch_size` ids, so a batch job reads a chunk of products' vectors in one call rather than one per product.
+        """
+        found: dict[int, np.ndarray] = {}
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), batch_size):
+            rows = self._read(
+                "get", self.target, ids=ids[start : start + batch_size], output_fields=["vector"], empty=[]
+            )
+            if not rows:
+                continue
+            matrix = np.asarray([row["vector"] for row in rows], dtype=np.float32)
+            found.update((int(row["image_id"]), vector) for row, vector in zip(rows, matrix, strict=True))
+        return found
+
+    def products_of_images(self, image_ids: list[int], batch_size: int = GET_BATCH) -> dict[int, int]:
+        """The product id of each indexed image, keyed by image id (a primary-key get; images not indexed are left
+        out): what a removal needs to know once the image rows are gone."""
+        owners: dict[int, int] = {}
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), batch_size):
+            rows = self._read(
+                "get", self.target, ids=ids[start : start + batch_size], output_fields=["product_id"], empty=[]
+            )
+            owners.update((int(row["image_id"]), int(row["product_id"])) for row in rows)
+        return owners
 
     def iter_rows(self, output_fields: tuple[str, ...] = ("image_id",), batch_size: int = 1000) -> Iterator[dict]:
         """Every row of the target with the given fields, batch by batch (nothing when it does not exist)."""
@@ -345,30 +434,50 @@ class MilvusVectorStore:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
+        limit = min(int(limit), MAX_SEARCH_LIMIT)
         results = self._read(
             "search",
             self.target,
             data=vectors.tolist(),
-            limit=min(int(limit), MAX_SEARCH_LIMIT),
+            limit=limit,
             filter=filters.expression(),
             output_fields=["product_id"],
-            search_params={"metric_type": "COSINE", **self._search_options()},
+            search_params={"metric_type": "COSINE", **self._search_options(limit)},
             empty=[[] for _ in vectors],
         )
         return [
             [
-                Hit(image_id=int(h["image_id"]), product_id=int(h["entity"]["product_id"]), score=float(h["distance"]))
+                Hit(
+                    image_id=int(h["id"] if "id" in h else h["image_id"]),
+                    product_id=int(h["entity"]["product_id"]),
+                    score=float(h["distance"]),
+                )
                 for h in hits
             ]
             for hits in results
         ]
 
-    def _search_options(self) -> dict:
-        if self.index_type == "HNSW":
-            return {"params": {"ef": 128}}
-        if self.index_type in ("IVF_PQ", "GPU_IVF_PQ"):
-            return {"params": {"nprobe": 32}}
-        return {}
+    def _search_options(self, limit: int = 0) -> dict:
+        """The index's search parameters for a search of `limit` hits: the store's own
+        (settings.MILVUS_INDEX_SEARCH_PARAMS), else the index type's defaults. A graph index's candidate list (HNSW
+        `ef`, CAGRA `itopk_size`) is raised to the limit: Milvus 2.3 refuses a search with fewer candidates than hits
+        ("ef(128) should be larger than k(248)")."""
+        params = dict(
+            self.search_params
+            or {
+                "HNSW": {"ef": 128},
+                "IVF_FLAT": {"nprobe": 32},
+                "IVF_SQ8": {"nprobe": 32},
+                "IVF_PQ": {"nprobe": 32},
+                "GPU_IVF_FLAT": {"nprobe": 32},
+                "GPU_IVF_PQ": {"nprobe": 32},
+                "GPU_CAGRA": {"itopk_size": 128},
+            }.get(self.index_type, {})
+        )
+        for candidates in ("ef", "itopk_size"):
+            if candidates in params:
+                params[candidates] = max(int(params[candidates]), int(limit))
+        return {"params": params} if params else {}
 
 
 def best_per_product(hit_lists: list[list[Hit]], limit: int) -> list[Hit]:

@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from webapp.catalog.importing import import_catalog, read_rows
+from webapp.catalog.importing import ROWS_PER_TRANSACTION, import_catalog, read_rows
 
 
 class Command(BaseCommand):
@@ -13,14 +13,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("path", type=Path)
         parser.add_argument("--errors", type=Path, help="Write the per-row error report to this CSV file.")
+        parser.add_argument(
+            "--rows-per-transaction",
+            type=int,
+            default=ROWS_PER_TRANSACTION,
+            help="Rows written per transaction (each row in its own savepoint); the images of a transaction are "
+            "queued for ingestion together once it commits, in tasks of 32. 1 writes and queues row by row. "
+            f"Default {ROWS_PER_TRANSACTION}.",
+        )
 
-    def handle(self, *args, path: Path, errors: Path | None, **options):
+    def handle(self, *args, path: Path, errors: Path | None, rows_per_transaction: int, **options):
         if not path.is_file():
             raise CommandError(f"{path} does not exist")
+        if rows_per_transaction < 1:
+            raise CommandError("--rows-per-transaction must be at least 1")
         try:
             total = sum(1 for _ in read_rows(path))
             with tqdm(total=total, desc=f"import {path.name}", unit="row") as progress:
-                report = import_catalog(path, progress=progress)
+                report = import_catalog(path, progress=progress, rows_per_transaction=rows_per_transaction)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
