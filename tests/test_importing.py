@@ -320,7 +320,13 @@ def test_one_bad_image_in_a_batch_fails_alone_in_the_real_worker(
     Path(damaged.image.path).write_bytes(b"\x89PNG\r\n\x1a\n damaged on disk")
     worker = start_worker(tmp_path, milvus_uri, milvus_names, settings.CELERY_BROKER_URL)
     try:
-        wait_until(lambda: " succeeded in " in worker.log(), 120, message="the batch's task to succeed")
+        wait_until(
+            lambda: any(
+                f"Task {INGEST_IMAGES}[" in line and " succeeded in " in line for line in worker.log().splitlines()
+            ),
+            120,
+            message="the batch's task to succeed",
+        )
     finally:
         stop_worker(worker)
     received = [
