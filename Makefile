@@ -52,13 +52,14 @@ run: setup
 
 # Three pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
 # Both engines: every integration test on Milvus Lite (the default), and on a real Milvus standalone server only the
-# tests that reach Milvus (marked `milvus` by tests/conftest.py: they use the milvus_uri fixture). The others
-# (browser pages without the store, the fault scenarios with their own Milvus Lite, ...) run the same code whatever
-# the engine, so running them twice would only cost time.
+# tests that reach Milvus (marked `milvus` by tests/conftest.py: they use the milvus_uri fixture), less those marked
+# `engine_agnostic` (Milvus is only on their way: a broker, a worker's boot, the localize worker, a page's UI). The
+# others (browser pages without the store, the fault scenarios with their own Milvus Lite, ...) run the same code
+# whatever the engine, so running them twice would only cost time.
 test: setup
 	@bash scripts/test.sh -m "not integration"
 	@MILVUS_ENGINE=lite bash scripts/test.sh -m "integration and not slow"
-	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow"
+	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow and not engine_agnostic"
 
 test-unit: setup
 	@bash scripts/test.sh -m "not integration"
@@ -67,7 +68,7 @@ test-integration: setup
 	@bash scripts/test.sh -m "integration and not slow"
 
 test-standalone: setup
-	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow"
+	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow and not engine_agnostic"
 
 # Runs every check and fails at the end if any failed, so one run shows all problems.
 lint: venv

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmarks import at_scale
 from benchmarks.harness import DOCS, ROOT, BenchError, latency_stats, log
 
 if TYPE_CHECKING:
@@ -1100,6 +1101,8 @@ def write_outputs(study: dict, out: Path) -> tuple[Path, Path]:
     json_path, md_path = out / "index_study.json", out / "index_study.md"
     json_path.write_text(json.dumps(study, indent=2, default=_jsonable) + "\n")
     md_path.write_text("\n".join(report_lines(study)) + "\n")
+    if out.resolve() == DOCS.resolve():
+        at_scale.refresh()
     return json_path, md_path
 
 

@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks import at_scale
 from benchmarks.analysis import limits_section
 from benchmarks.harness import DOCS
 from benchmarks.table import (
@@ -350,4 +351,5 @@ def write_report(r: dict, args, argv: list[str], docs: Path = DOCS) -> Path:
     plot_latency(r, docs / "benchmarks_latency.png")
     path = docs / "benchmarks.md"
     path.write_text(report_markdown(r, args, argv))
+    at_scale.refresh(path)
     return path

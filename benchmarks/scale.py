@@ -36,6 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks import at_scale
 from benchmarks.harness import (
     DOCS,
     ROOT,
@@ -1258,6 +1259,7 @@ def write_report(argv: list[str]) -> list[Path]:
     del first
     md_path.write_text("\n".join(lines))
     plot(results, png_path)
+    at_scale.refresh()
     return [json_path, md_path, png_path]
 
 

@@ -474,3 +474,41 @@ def test_queue_paragraph_says_whether_the_worker_pays_for_itself():
     unlocalized = se | {"sequential": se["sequential"] | {"stages": {"total": {"p50": 1.0}}}}
     assert "no request was localized" in queue_paragraph(unlocalized, 4)
     assert search_photo_section({"search": se | {"sequential": se["sequential"] | {"stages": {}}}}) == []
+
+
+def test_the_at_scale_section_judges_each_figure_and_replaces_itself_in_place(tmp_path):
+    import json
+
+    from benchmarks import at_scale
+
+    similar = {"rps": 2500.0, "p50": 5.0, "p90": 9.0, "p99": 40.0, "errors": 0, "distinct_ids": 1000}
+    slow = similar | {"rps": 300.0, "p99": 400.0, "distinct_ids": 90_000}
+    (tmp_path / "scale.json").write_text(
+        json.dumps({"sizes": [{"size": 1_000_000, "runs": {"similar": {"hot": similar, "uniform": slow}}}]})
+    )
+    winner = {
+        "key": "IVF_SQ8",
+        "label": "IVF_SQ8 (nlist=1024)",
+        "search_params": {"nprobe": 16},
+        "recall_at_10": 0.97,
+        "c1_p50_ms": 6.0,
+        "c1_p99_ms": 20.0,
+        "c8_p50_ms": 30.0,
+        "c8_qps": 250.0,
+    }
+    (tmp_path / "index_study.json").write_text(json.dumps({"winner": winner, "vectors": {"rows": 1_000_000}}))
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nbefore\n")
+
+    assert at_scale.refresh(page)
+    once = page.read_text()
+    rows = [line for line in once.splitlines() if line.startswith(("| GET similar", "| Vector"))]
+    assert ["**met**" in rows[0], "not met" in rows[1], "not met" in rows[2]] == [True, True, True]  # p50 6 > 5 ms
+    assert "nprobe=16" in rows[2] and "1,000,000 vectors" in rows[2]
+
+    page.write_text(once.replace("before", "edited by make bench"))
+    assert at_scale.refresh(page)
+    again = page.read_text()
+    assert again.count(at_scale.BEGIN) == 1 and again.count(at_scale.END) == 1
+    assert "edited by make bench" in again
+    assert not at_scale.refresh(tmp_path / "missing.md")

@@ -337,6 +337,7 @@ def check_two_box_search(browser, live_server, street_catalog, tmp_path, screens
     return first, second
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.skipif(
     not DETECTOR.exists(), reason="no detector artifact at models/detector-default (python -m ml.detection.train)"
 )
@@ -347,6 +348,7 @@ def test_a_photo_with_two_items_shows_two_boxes_and_clicking_the_second_searches
     check_two_box_search(browser, live_server, street_catalog, tmp_path, screenshot=tmp_path / "two_boxes.png")
 
 
+@pytest.mark.engine_agnostic
 def test_without_item_detection_the_page_says_so_and_searches_the_whole_photo_or_a_box_you_draw(
     live_server, browser, street_catalog, settings, tmp_path, media_served_from_test_root
 ):

@@ -493,6 +493,7 @@ def _manage(env: dict, *argv: str) -> str:
     return done.stdout
 
 
+@pytest.mark.engine_agnostic
 def test_postgresql_restarted_under_load_requests_fail_cleanly_and_briefly_then_recover(
     tmp_path, private_postgres, milvus_uri
 ):

@@ -176,6 +176,7 @@ def _send_ingest(broker_url: str, transport_options: dict, image_ids: list[int],
         sender.send_task("search.ingest_image_batch", args=[image_ids], queue="ingest", connection=connection)
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_worker_consumes_from_redis_broker(
@@ -202,6 +203,7 @@ def test_worker_consumes_from_redis_broker(
     assert "ingest_image_batch" in worker.log() and "redis://" in worker.log()
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_worker_consumes_from_embedded_filesystem_broker(

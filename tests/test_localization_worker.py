@@ -70,6 +70,7 @@ def post_photo(client, content: bytes, **fields):
     return client.post("/api/search/", {"image": upload, "k": 5, **fields})
 
 
+@pytest.mark.engine_agnostic
 def test_the_localize_worker_loads_the_detector_before_its_first_photo(localize_worker):
     """No cold start: the detector is loaded and run once while the worker starts, not on the first shopper photo."""
     deadline = time.monotonic() + 60
@@ -80,6 +81,7 @@ def test_the_localize_worker_loads_the_detector_before_its_first_photo(localize_
     assert "could not be loaded" not in localize_worker.log()
 
 
+@pytest.mark.engine_agnostic
 def test_detect_answers_boxes_from_a_real_localize_worker(client, localize_worker, benchmark, two_item_photos):
     photo_index, items = two_item_photos[0]
     upload = SimpleUploadedFile("street.jpg", jpeg(benchmark.street_photo(photo_index)), content_type="image/jpeg")
@@ -121,6 +123,7 @@ def test_each_item_picked_in_a_two_item_street_photo_finds_its_own_product(
     assert found >= picked - 2, f"{found} of {picked} picked items found their product in the top 5"
 
 
+@pytest.mark.engine_agnostic
 def test_a_phone_photo_with_exif_rotation_gets_boxes_in_upright_pixels(
     client, localize_worker, benchmark, two_item_photos
 ):

@@ -56,6 +56,7 @@ def test_log_lines_are_json_with_the_request_id():
     assert line["message"] == "hello there" and line["request_id"] == "req-12345678" and line["level"] == "INFO"
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.worker
 def test_the_request_id_follows_the_upload_into_the_worker_log(celery_worker, vector_store, fashion_items):
     staff = get_user_model().objects.create_user("ops-staff", password="x" * 12, is_staff=True, is_superuser=True)

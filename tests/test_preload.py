@@ -134,6 +134,7 @@ def _answers(port: int) -> int:
         return exc.code
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.parametrize("preload", ["1", "0"])
 def test_gunicorn_workers_load_the_models_when_they_boot(tmp_path, transactional_db, visnet_version, preload):
     process, port, log_path = _gunicorn(tmp_path, {"WEB_PRELOAD_MODELS": preload})

@@ -149,7 +149,7 @@ def test_the_batched_vector_read_returns_each_indexed_image_with_its_own_vector(
         assert np.allclose(vector, vectors[image_id - 100], atol=1e-6), image_id
     assert view.vectors_by_image([]) == {}
     assert view.products_of_images([101, 105, 109, 999], batch_size=3) == {101: 1, 105: 2, 109: 4}
-    assert vector_store.collection("no-such-collection").vectors_by_image([100]) == {}
+    assert vector_store.collection("no_such_collection").vectors_by_image([100]) == {}
 
 
 def test_stored_lists_rank_exactly_as_the_live_query_for_every_product(catalog):
