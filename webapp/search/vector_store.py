@@ -467,7 +467,7 @@ class MilvusVectorStore:
             or {
                 "HNSW": {"ef": 128},
                 "IVF_FLAT": {"nprobe": 32},
-                "IVF_SQ8": {"nprobe": 32},
+                "IVF_SQ8": {"nprobe": 16},
                 "IVF_PQ": {"nprobe": 32},
                 "GPU_IVF_FLAT": {"nprobe": 32},
                 "GPU_IVF_PQ": {"nprobe": 32},
