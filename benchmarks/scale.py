@@ -1,13 +1,13 @@
 """Serving at scale: `python -m benchmarks.scale [--sizes 10000,100000,1000000] [--only STEPS]`.
 
 For each catalog size N a persistent catalog is built once and reused (`--rebuild` starts it again): PostgreSQL
-database `visnet_scale_<N>`, a real Milvus standalone server (scripts/milvus_standalone.py, HNSW) and files under
-var/scale-<N>/. The build: migrate, register and activate the shipped VisNet (models/visnet-default), load BASE
-Fashion-MNIST demo items and ingest them with the product's ingest service (real embeddings), bulk-create the rest
-as perturbed copies (benchmarks/catalog_scale.gallery_fill: image rows pointing at the real files, vectors in
-`vector_row()` format), flush, wait for Milvus to index every row, then build every product's similar list with
-the product's build job (webapp.recommendations.services.similar_lists_build). Every step is timed and sized; a
-step already done is skipped on a re-run (var/scale-<N>/build.json).
+database `visnet_scale_<N>`, a real Milvus standalone server (scripts/milvus_standalone.py; IVF_SQ8 by default) and
+files under var/scale-<N>/. The build: migrate, register and activate the shipped VisNet (models/visnet-default),
+load BASE Fashion-MNIST demo items and ingest them with the product's ingest service (real embeddings), bulk-create
+the rest as perturbed copies (benchmarks/catalog_scale.gallery_fill: image rows pointing at the real files, vectors
+in `vector_row()` format), flush, wait for Milvus to index every row, then build every product's similar list with
+the product's build job (webapp.recommendations.services.similar_lists_build). Every step is timed and sized; a step
+already done is skipped on a re-run (var/scale-<N>/build.json).
 
 Then, with gunicorn on the product's config (docker/gunicorn.conf.py; DATABASE_URL to that database, MILVUS_URI to
 the standalone, CACHE_URL to Redis db 12) and one `localize` worker:
@@ -661,7 +661,14 @@ def run_size(args: argparse.Namespace, size: int) -> int:
     steps = args.steps
     results_path = ctx.var_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update(size=size, machine=machine_description(), cache=args.cache_url, index_type=args.index_type)
+    results.update(
+        size=size,
+        machine=machine_description(),
+        cache=args.cache_url,
+        index_type=args.index_type,
+        index_build_params=os.environ.get("MILVUS_INDEX_BUILD_PARAMS") or "the product's defaults",
+        index_search_params=os.environ.get("MILVUS_INDEX_SEARCH_PARAMS") or "the product's defaults",
+    )
     server = start_milvus(ctx, ctx.var_dir / "milvus")
     try:
         ctx.env = scale_env(ctx, size)
@@ -740,7 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--base", type=int, default=2000, help="real Fashion-MNIST items ingested (embedded)")
     parser.add_argument("--noise", type=float, default=0.3, help="norm of the noise added to copied vectors")
-    parser.add_argument("--index-type", default="HNSW", help="MILVUS_INDEX_TYPE of the collection")
+    parser.add_argument(
+        "--index-type",
+        default="IVF_SQ8",
+        help="MILVUS_INDEX_TYPE of the collection (the product's default on a server)",
+    )
     parser.add_argument("--index-timeout", type=float, default=3600.0)
     parser.add_argument(
         "--lists-budget",
@@ -884,7 +895,7 @@ def build_rows(results: list[dict]) -> list[str]:
         ("bulk-create products + image rows (PostgreSQL)", lambda r: _s(step(r, "gallery", "db_insert_s"))),
         ("upsert vectors (Milvus, rows of 1,000)", lambda r: _s(step(r, "gallery", "vector_upsert_s"))),
         ("flush", lambda r: _s(step(r, "gallery", "flush_s"))),
-        ("index every row (HNSW M=16, efConstruction=200)", lambda r: _s(step(r, "index"))),
+        ("index every row (the size's index, see above)", lambda r: _s(step(r, "index"))),
         (
             "similar lists (similar_lists_build, K=60)",
             _lists_cell,
@@ -1136,29 +1147,29 @@ def write_report(argv: list[str]) -> list[Path]:
         "",
         "```",
         "python -m benchmarks.scale --sizes 10000 --only build            # build (resumable; skips finished steps)",
-        "flock /work/helpers/bench.lock python -m benchmarks.scale --sizes 100000 --only build",
-        "flock /work/helpers/bench.lock python -m benchmarks.scale --sizes 10000 --only threads,coldstart,similar,"
-        "search,page --no-report",
-        "flock /work/helpers/bench.lock python -m benchmarks.scale --sizes 100000 --only similar,search,page "
-        "--no-report",
+        "python -m benchmarks.scale --sizes 1000000 --only build",
+        "python -m benchmarks.scale --sizes 10000 --only threads,coldstart,similar,search,page --no-report",
+        "python -m benchmarks.scale --sizes 1000000 --only coldstart,similar,search,page --no-report",
         "python -m benchmarks.scale --report-only                         # this page, docs/scale.json, the PNG",
         "```",
-        "",
-        "The measured runs and the 100,000 build held the shared bench lock; the 10,000 build and the light steps "
-        "of the 1,000,000 build (migrate, model, ingest) ran without it.",
         "",
         "## Machine and stack",
         "",
         f"- CPU: {machine.get('cpu', '?')}, {machine.get('affinity', '?')} usable cores, RAM "
         f"{machine.get('memory_gib', '?')} GiB, GPU {machine.get('gpu', '?')}; {machine.get('os', '')}",
         "- Everything on this one machine over 127.0.0.1, load generator included: PostgreSQL 15 (one database per "
-        "size), a real Milvus 2.3.5 standalone server (scripts/milvus_standalone.py; HNSW M=16, efConstruction=200, "
-        "ef=128, COSINE), Redis db 12 as Django's cache (CACHE_URL), gunicorn with the product's config "
+        "size), a real Milvus 2.3.5 standalone server (scripts/milvus_standalone.py; COSINE; "
+        + "; ".join(
+            f"{r['size']:,}: {r.get('index_type', '?')}, build {r.get('index_build_params', '?')}, search "
+            f"{r.get('index_search_params', '?')}"
+            for r in results
+        )
+        + "), Redis db 12 as Django's cache (CACHE_URL), gunicorn with the product's config "
         "(docker/gunicorn.conf.py: 2 workers x 4 threads, torch threads per worker = cores // workers, models loaded "
         "when a worker boots), ONE `localize` Celery worker (solo pool, one torch thread, filesystem broker), wrk "
         "for HTTP GET load (1 thread) and the benchmark's own clients for search by photo.",
-        "- The machine is shared with other jobs; the load average at the start and end of every run is given. Read "
-        "each number with it.",
+        "- The load average at the start and end of every run is given (2.0 is both cores busy). Read each number "
+        "with it.",
         f"- Catalogs: {results[0]['build'].get('base', 2000):,} real Fashion-MNIST items ingested with the product's "
         "ingest service and the shipped VisNet "
         f"(`{results[0]['build'].get('model_version', '?')}`); every other product is a perturbed copy of one "

@@ -130,6 +130,23 @@ def test_choose_winner_takes_the_fastest_point_above_the_recall_target():
     assert choose_winner(results, target_recall=0.995) is None
 
 
+def test_choose_winner_takes_the_smaller_index_when_the_latencies_are_level():
+    def result(key: str, p50: float, loaded_mib: float) -> dict:
+        return {
+            "key": key,
+            "label": key,
+            "index_type": "IVF_SQ8",
+            "space": "full",
+            "build_params": {},
+            "memory": {"rss_delta": loaded_mib * 2**20},
+            "sweep": [_point(0.97, p50)],
+        }
+
+    graph, compact, slow_tiny = result("graph", 4.5, 900), result("compact", 4.8, 300), result("tiny", 6.0, 50)
+    assert choose_winner([graph, compact, slow_tiny])["key"] == "compact"  # 4.8 ms is within 10 % of 4.5
+    assert choose_winner([graph, result("compact", 5.2, 300)])["key"] == "graph"  # 5.2 ms is not
+
+
 def _free_port_block(size: int) -> int:
     """The first port of `size` consecutive free ports within the study's test range."""
     for first in range(19850, 19900 - size):
