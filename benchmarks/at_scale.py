@@ -144,6 +144,47 @@ def index_rows(study: dict) -> list[list[str]]:
     ]
 
 
+def index_choice_lines(study: dict) -> list[str]:
+    """Why the default index: each index's best setting at the recall target, its cost and its memory."""
+    results = [r for r in study.get("results", []) if r.get("sweep") and r.get("index_type") != "FLAT"]
+    if not results:
+        return []
+    lines = [
+        f"### Why the product's default vector index on a Milvus server is {study['winner']['label']}"
+        if study.get("winner")
+        else "### No index reached the recall target",
+        "",
+        "| index | fastest setting at recall@10 ≥ 0.95 | recall@10 | c=1 p50 / p99 ms | c=8 q/s | build s | "
+        "loaded MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        passing = [point for point in result["sweep"] if point["recall_at_10"] >= INDEX_RECALL]
+        build_s = (result.get("build") or {}).get("build_s")
+        memory = (result.get("memory") or {}).get("rss_delta")
+        cost = f"{build_s:,.0f}" if build_s is not None else "-"
+        mib = f"{memory / 2**20:,.0f}" if memory else "-"
+        if passing:
+            best = min(passing, key=lambda point: point["c1"]["p50"])
+            setting = ", ".join(f"{k}={v}" for k, v in best["search_params"].items())
+            lines.append(
+                f"| {result['label']} | {setting} | {best['recall_at_10']:.3f} | {_ms(best['c1']['p50'])} / "
+                f"{_ms(best['c1']['p99'])} | {best['c8']['qps']:,.0f} | {cost} | {mib} |"
+            )
+        else:
+            top = max(point["recall_at_10"] for point in result["sweep"])
+            lines.append(f"| {result['label']} | never (best recall@10 {top:.3f}) | | | | {cost} | {mib} |")
+    lines += [
+        "",
+        "The rule (benchmarks/index_study.py, choose_winner): of the settings reaching recall@10 ≥ 0.95, those within "
+        "10 % of the fastest p50 are level (a search's p50 here is mostly the gRPC round trip), and of those the "
+        "index that takes the least memory once loaded wins: memory is what bounds the catalog one query node "
+        "serves. `MILVUS_INDEX_TYPE` and `MILVUS_INDEX_*_PARAMS` choose another.",
+        "",
+    ]
+    return lines
+
+
 def import_rows(data: dict) -> list[list[str]]:
     rows = []
     for run in (data.get("runs") or {}).values():
@@ -216,6 +257,7 @@ def section_lines(docs: Path = DOCS) -> list[str]:
         ]
     else:
         lines += ["No scale study has been run on this checkout yet.", ""]
+    lines += index_choice_lines(study)
     if (docs / "scale_latency.png").exists():
         lines += ["![latency against catalog size](scale_latency.png)", ""]
     for status in (study.get("status"), *(imports.get("pending") or [])):

@@ -839,11 +839,17 @@ def main(argv: list[str] | None = None) -> int:
 # The report
 # --------------------------------------------------------------------------------------------
 def collected_results() -> list[dict]:
-    found = []
+    """Every size's results: var/scale-N/results.json where this checkout ran it, else the size as docs/scale.json
+    last reported it (a fresh checkout has no var/, and the report must not forget what was measured)."""
+    found: dict[int, dict] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for result in json.loads((DOCS / "scale.json").read_text()).get("sizes", []):
+            found[result["size"]] = result | {"reported_from": "docs/scale.json"}
     for path in sorted((ROOT / "var").glob("scale-*/results.json")):
         with contextlib.suppress(ValueError, json.JSONDecodeError):
-            found.append(json.loads(path.read_text()))
-    return sorted(found, key=lambda r: r["size"])
+            result = json.loads(path.read_text())
+            found[result["size"]] = result
+    return [found[size] for size in sorted(found)]
 
 
 def _ms(value) -> str:
