@@ -636,6 +636,10 @@ def study_space(
             client = connect(uri)
             with contextlib.suppress(Exception):
                 drop_index(client, COLLECTION)
+        # One line per finished configuration: a long run stopped part-way keeps what it measured.
+        Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(args.cache_dir) / "index_study.partial.jsonl").open("a") as partial:
+            partial.write(json.dumps(results[-1], default=_jsonable) + "\n")
     client = connect(uri)
     client.drop_collection(COLLECTION)
     return results
