@@ -193,6 +193,22 @@ def _sizes(store) -> dict:
     }
 
 
+# What a result written before the index parameters were recorded ran with (the product's HNSW defaults then).
+OLD_PARAMS = ("M=16, efConstruction=200", "ef=128")
+
+
+def analyze_tables() -> float:
+    """ANALYZE after the bulk load, as autovacuum would (it is off on some machines, this one included): without
+    statistics PostgreSQL plans a 13-row image lookup of a 1M-row table as a parallel scan, two worker processes
+    started per request (measured: 10 ms and about 5 ms of CPU per similar-products cache miss)."""
+    from django.db import connection
+
+    t0 = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return time.monotonic() - t0
+
+
 def _index_progress(store) -> dict:
     """indexed / total / pending rows of the active collection's vector index (what Milvus reports)."""
     name = store.active_collection()
@@ -300,6 +316,8 @@ def build(ctx: Context, size: int) -> dict:
             log(f"--lists-budget {args.lists_budget:.0f}s spent: the build stops here (a re-run resumes it)")
             return record.data
         record.record("similar_lists", **lists)
+    if not record.done("analyze"):
+        record.record("analyze", seconds=analyze_tables())
     if not record.done("sizes"):
         record.record("sizes", **_sizes(store))
     record.data["complete"] = True
@@ -1166,8 +1184,8 @@ def write_report(argv: list[str]) -> list[Path]:
         "- Everything on this one machine over 127.0.0.1, load generator included: PostgreSQL 15 (one database per "
         "size), a real Milvus 2.3.5 standalone server (scripts/milvus_standalone.py; COSINE; "
         + "; ".join(
-            f"{r['size']:,}: {r.get('index_type', '?')}, build {r.get('index_build_params', '?')}, search "
-            f"{r.get('index_search_params', '?')}"
+            f"{r['size']:,}: {r.get('index_type', '?')}, build {r.get('index_build_params', OLD_PARAMS[0])}, search "
+            f"{r.get('index_search_params', OLD_PARAMS[1])}"
             for r in results
         )
         + "), Redis db 12 as Django's cache (CACHE_URL), gunicorn with the product's config "
@@ -1176,6 +1194,13 @@ def write_report(argv: list[str]) -> list[Path]:
         "for HTTP GET load (1 thread) and the benchmark's own clients for search by photo.",
         "- The load average at the start and end of every run is given (2.0 is both cores busy). Read each number "
         "with it.",
+        *[
+            f"- {r['size']:,} products: as last reported in docs/scale.json (run {str(r.get('finished', '?'))[:16]} "
+            f"UTC on {r.get('machine', {}).get('cpu', '?')}, a machine shared with other jobs then); not re-run "
+            "from this checkout."
+            for r in results
+            if r.get("reported_from")
+        ],
         f"- Catalogs: {results[0]['build'].get('base', 2000):,} real Fashion-MNIST items ingested with the product's "
         "ingest service and the shipped VisNet "
         f"(`{results[0]['build'].get('model_version', '?')}`); every other product is a perturbed copy of one "
