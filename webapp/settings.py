@@ -220,10 +220,11 @@ MILVUS_ENGINE = os.environ.get("MILVUS_ENGINE", "lite")
 # MILVUS_INDEX_SEARCH_PARAMS ("name=value,...", e.g. "M=32,efConstruction=256" and "ef=64") replace them.
 #   lite        AUTOINDEX: Milvus Lite 3.2 builds it as a faiss HNSW per sealed segment (it also builds FLAT, HNSW,
 #               HNSW_SQ, IVF_FLAT, IVF_SQ8; not IVF_PQ nor the GPU indexes)
-#   standalone  IVF_SQ8 (nlist 1024, nprobe 16) on a CPU server: the index study's winner (docs/index_study.md,
-#               docs/benchmarks.md): HNSW's recall and speed at a third of its memory and half its build time;
+#   standalone  HNSW (M 16, efConstruction 64, ef 32) on a CPU server: the 1M-vector index study's winner
+#               (docs/index_study.md, docs/benchmarks.md): recall@10 0.991 at p50 3.1 ms; IVF_SQ8 takes a third
+#               of the memory but its 8-bit codes cap recall@10 at 0.942;
 #               a GPU server (milvusdb/milvus:*-gpu, docker/README.md) takes GPU_CAGRA or GPU_IVF_PQ
-MILVUS_ENGINE_INDEX_TYPES = {"lite": "AUTOINDEX", "standalone": "IVF_SQ8"}
+MILVUS_ENGINE_INDEX_TYPES = {"lite": "AUTOINDEX", "standalone": "HNSW"}
 if MILVUS_ENGINE not in MILVUS_ENGINE_INDEX_TYPES:
     raise ValueError(f"MILVUS_ENGINE={MILVUS_ENGINE!r}: choose one of {', '.join(MILVUS_ENGINE_INDEX_TYPES)}")
 MILVUS_INDEX_TYPE = os.environ.get("MILVUS_INDEX_TYPE") or MILVUS_ENGINE_INDEX_TYPES[MILVUS_ENGINE]

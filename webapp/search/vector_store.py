@@ -264,7 +264,7 @@ class MilvusVectorStore:
         """The index's build parameters: the store's own (settings.MILVUS_INDEX_BUILD_PARAMS), else the index type's
         defaults. A Milvus server refuses HNSW and the IVF indexes without them; AUTOINDEX and FLAT take none."""
         params = self.index_params or {
-            "HNSW": {"M": 16, "efConstruction": 200},
+            "HNSW": {"M": 16, "efConstruction": 64},
             "IVF_FLAT": {"nlist": 1024},
             "IVF_SQ8": {"nlist": 1024},
             "IVF_PQ": {"nlist": 4096, "m": 64, "nbits": 8},
@@ -465,7 +465,7 @@ class MilvusVectorStore:
         params = dict(
             self.search_params
             or {
-                "HNSW": {"ef": 128},
+                "HNSW": {"ef": 32},
                 "IVF_FLAT": {"nprobe": 32},
                 "IVF_SQ8": {"nprobe": 16},
                 "IVF_PQ": {"nprobe": 32},
