@@ -52,14 +52,15 @@ import numpy as np
 
 from benchmarks import at_scale
 from benchmarks.harness import DOCS, ROOT, BenchError, latency_stats, log
+from benchmarks.table import INDEX_LATENCY_TIE, TARGETS, fastest_at_target
 
 if TYPE_CHECKING:
     from scripts.milvus_standalone import StandaloneServer
 
 K = 10
-TARGET_RECALL = 0.95
-TARGET_P50_MS = 5.0
-LATENCY_TIE = 0.10  # p50s within 10 % of the fastest are level: choose_winner then prefers the smaller index
+TARGET_RECALL = TARGETS["index_recall_at_10"]
+TARGET_P50_MS = TARGETS["index_p50_ms"]
+LATENCY_TIE = INDEX_LATENCY_TIE
 CHUNK_ROWS = 50_000
 INSERT_ROWS = 2_000
 DEFAULT_ARTIFACT = ROOT / "models" / "visnet-default"
@@ -1030,11 +1031,10 @@ def _summary_lines(study: dict) -> list[str]:
     for result in study["results"]:
         if "error" in result:
             continue
-        ok = [p for p in result["sweep"] if p["recall_at_10"] >= TARGET_RECALL]
+        fast = fastest_at_target(result["sweep"], TARGET_RECALL)
         best = max(result["sweep"], key=lambda p: p["recall_at_10"])
         best_text = f"{best['recall_at_10']:.3f} ({_ms(best['c1']['p50'])} ms)"
-        if ok:
-            fast = min(ok, key=lambda p: p["c1"]["p50"])
+        if fast is not None:
             params = ", ".join(f"{k}={v}" for k, v in fast["search_params"].items()) or "exact"
             lines.append(
                 f"| {result['label']} | {params} | {fast['recall_at_10']:.3f} | {_ms(fast['c1']['p50'])} "

@@ -11,7 +11,19 @@ TARGETS = {
     "similar_p99_ms": 100.0,
     "search_p50_ms": 250.0,
     "search_p99_ms": 600.0,
+    "index_recall_at_10": 0.95,
+    "index_p50_ms": 5.0,
 }
+# p50s within 10 % of the fastest are level: the index study's choose_winner then prefers the smaller index.
+INDEX_LATENCY_TIE = 0.10
+
+
+def fastest_at_target(sweep: list[dict], target_recall: float = TARGETS["index_recall_at_10"]) -> dict | None:
+    """The index study sweep point with the lowest concurrency-1 p50 among those reaching `target_recall`."""
+    passing = [point for point in sweep if point["recall_at_10"] >= target_recall]
+    return min(passing, key=lambda point: point["c1"]["p50"]) if passing else None
+
+
 # The search runs in results["search"]: key, label. "sequential"/"concurrent" are the product's request (localized).
 SEARCH_RUNS = (
     ("sequential", "localized"),
