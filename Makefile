@@ -50,16 +50,13 @@ setup: venv data migrate
 run: setup
 	@bash scripts/run.sh
 
-# Three pytest runs (scripts/test.sh passes its arguments on to pytest); each starts from a fresh var/test.
-# Both engines: every integration test on Milvus Lite (the default), and on a real Milvus standalone server only the
-# tests that reach Milvus (marked `milvus` by tests/conftest.py: they use the milvus_uri fixture), less those marked
-# `engine_agnostic` (Milvus is only on their way: a broker, a worker's boot, the localize worker, a page's UI). The
-# others (browser pages without the store, the fault scenarios with their own Milvus Lite, ...) run the same code
-# whatever the engine, so running them twice would only cost time.
+# Three pytest runs (scripts/test_all.sh; scripts/test.sh passes its arguments on to pytest), each from a fresh
+# test state. Both engines: every integration test on Milvus Lite (the default), and on a real Milvus standalone
+# server only the tests that reach Milvus (marked `milvus` by tests/conftest.py: they use the milvus_uri fixture),
+# less those marked `engine_agnostic` (Milvus is only on their way: a broker, a worker's boot, the localize worker, a
+# page's UI). The standalone run runs beside the other two, in its own test state, database and Redis databases.
 test: setup
-	@bash scripts/test.sh -m "not integration"
-	@MILVUS_ENGINE=lite bash scripts/test.sh -m "integration and not slow"
-	@MILVUS_ENGINE=standalone bash scripts/test.sh -m "integration and milvus and not slow and not engine_agnostic"
+	@bash scripts/test_all.sh
 
 test-unit: setup
 	@bash scripts/test.sh -m "not integration"

@@ -40,6 +40,7 @@ from webapp.recommendations.models import SimilarList, pack_neighbours
 from webapp.recommendations.selectors import stored_similar
 from webapp.search import experiments, registry
 from webapp.search import services as search_services
+from webapp.search.feedback import results_token_read
 from webapp.search.models import ModelVersion
 from webapp.search.selectors import RankedProduct, similar_products
 from webapp.search.vector_store import SearchFilters
@@ -277,7 +278,7 @@ def test_a_stored_list_answers_without_the_vector_store(shop, serving_version, c
 
     page = client.get(f"/products/{product.pk}/")
     assert page.status_code == 200 and b'id="similar-unavailable"' not in page.content
-    assert [hit.product.pk for hit in page.context["similar"]] == stored_ids(serving_version, product)
+    assert list(page.context["similar_row"].product_ids) == stored_ids(serving_version, product)
     assert page.context["feedback_token"]
     assert served() == {serving_version.model_version: 2}
 
@@ -290,6 +291,47 @@ def test_a_stored_list_answers_without_the_vector_store(shop, serving_version, c
     assert APIClient().get(f"/api/products/{shop[3].pk}/similar/?k=4").status_code == 503
     page = client.get(f"/products/{product.pk}/")
     assert page.status_code == 200 and b'id="similar-unavailable"' in page.content
+
+
+def test_the_product_pages_similar_row_is_rendered_once_and_dropped_with_the_apis_bytes(
+    shop, serving_version, client, monkeypatch
+):
+    from webapp.catalog import views
+
+    rendered = []
+    render = views._similar_items_html
+    monkeypatch.setattr(views, "_similar_items_html", lambda similar: rendered.append(1) or render(similar))
+    product = shop[1]
+    first = client.get(f"/products/{product.pk}/")
+    client.cookies.clear()
+    again = client.get(f"/products/{product.pk}/")
+    assert len(rendered) == 1  # the second page view took the row from the cache
+    items = [part.split(b'"')[0] for part in first.content.split(b'class="similar-item" data-product-id="')[1:]]
+    assert [int(pid) for pid in items] == stored_ids(serving_version, product)
+    assert again.content.count(b'class="similar-item"') == len(items)
+    # Each view still issues a feedback token naming what it shows, and counts as served.
+    for page in (first, again):
+        assert list(results_token_read(page.context["feedback_token"]).product_ids) == stored_ids(
+            serving_version, product
+        )
+    assert served() == {serving_version.model_version: 2}
+
+    # A rewritten list drops the cached row with the API's bytes, as the list services do.
+    store_list(serving_version, product, shop[5:8], exhaustive=True)
+    serving.similar_bytes_invalidate(version_id=serving_version.pk, product_ids=[product.pk])
+    fresh = client.get(f"/products/{product.pk}/")
+    assert len(rendered) == 2
+    assert list(fresh.context["similar_row"].product_ids) == [p.pk for p in shop[5:8]]
+    assert fresh.content.count(b'class="similar-item"') == 3
+
+    # The API's bytes and the page's row live in one entry: either filling it keeps the other.
+    api = APIClient().get(f"/api/products/{product.pk}/similar/")
+    assert api.status_code == 200
+    client.get(f"/products/{product.pk}/")
+    assert len(rendered) == 2
+    variants = serving.similar_bytes_variants(version_id=serving_version.pk, product_id=product.pk)
+    assert any(name.startswith(serving.PAGE_VARIANT_PREFIX) for name in variants)
+    assert any(not name.startswith(serving.PAGE_VARIANT_PREFIX) for name in variants)
 
 
 def test_unknown_products_and_bad_parameters_answer_as_before(shop):

@@ -6,13 +6,16 @@ import logging
 
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from webapp.catalog import selectors
 from webapp.catalog.models import Category, ProductImage
-from webapp.recommendations.serving import similar_ranked
+from webapp.recommendations.serving import SimilarRow, similar_row
 from webapp.search.experiments import client_key_for, serving_version_for
 from webapp.search.feedback import results_served
 from webapp.search.models import ShopperEvent
+from webapp.search.selectors import RankedProduct
 from webapp.search.vector_store import VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -46,16 +49,16 @@ def product_detail(request, pk: int):
     product = get_object_or_404(selectors.product_queryset(), pk=pk)
     # The shopper's A/B arm: the active model version, or a candidate for its share (sticky per session).
     version = serving_version_for(client_key=client_key_for(request, create_session=True))
-    similar, similar_unavailable = [], False
+    row, similar_unavailable = SimilarRow(html="", product_ids=()), False
     try:
-        similar = similar_ranked(product=product, k=SIMILAR_PRODUCTS, version=version)
+        row = similar_row(product=product, k=SIMILAR_PRODUCTS, version=version, render=_similar_items_html)
     except VectorStoreUnavailable:
         logger.warning("similar products of %s unavailable: vector store unreachable", product.pk, exc_info=True)
         similar_unavailable = True
     feedback_token = results_served(
         version=version,
         surface=ShopperEvent.Surface.SIMILAR,
-        product_ids=[hit.product.pk for hit in similar],
+        product_ids=list(row.product_ids),
         query_ref=f"shop:{product.sku}",
     )
     images = list(product.images.all())
@@ -65,10 +68,16 @@ def product_detail(request, pk: int):
         {
             "product": product,
             "images": images,
-            "similar": similar,
+            "similar_row": row,
+            "similar_items": mark_safe(row.html),  # rendered by _similar_items_html from our own template
             "similar_unavailable": similar_unavailable,
             "has_ready_image": any(image.status == ProductImage.Status.READY for image in images),
             "model_version": version.model_version if version is not None else "",
             "feedback_token": feedback_token or "",
         },
     )
+
+
+def _similar_items_html(similar: list[RankedProduct]) -> str:
+    """The similar row's items (cached per product and model version by `similar_row`: nothing per request)."""
+    return render_to_string("catalog/_similar_items.html", {"similar": similar})

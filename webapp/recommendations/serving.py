@@ -231,14 +231,14 @@ def similar_cached(
     return SimilarBody(*found) if found is not None else None
 
 
-def _similar_store(
-    *, version: ModelVersion, product_id: int, variant: str, found: SimilarBody, environ: dict | None
+def _variant_store(
+    *, version: ModelVersion, product_id: int, variant: str, value: tuple, environ: dict | None = None
 ) -> None:
     key = similar_bytes_key(version_id=version.pk, product_id=product_id)
     seen = _variants_seen(environ, key)
     variants = dict(seen if seen is not None else (_shared_entry(key) or {}))
     variants.pop(variant, None)
-    variants[variant] = found.as_tuple()
+    variants[variant] = value
     while len(variants) > max(1, settings.SIMILAR_BYTES_VARIANTS):
         del variants[next(iter(variants))]  # the oldest
     try:
@@ -408,7 +408,7 @@ def similar_body_build(
         counted=version is not None and bool(pairs),
     )
     if version is not None and variant is not None and results:
-        _similar_store(version=version, product_id=product.pk, variant=variant, found=found, environ=environ)
+        _variant_store(version=version, product_id=product.pk, variant=variant, value=found.as_tuple(), environ=environ)
     return found
 
 
@@ -423,6 +423,36 @@ def similar_ranked(
         return similar_products(product=product, k=k, filters=filters, version=version)
     products = product_queryset().in_bulk([pid for pid, _ in pairs])
     return [RankedProduct(products[pid], score) for pid, score in pairs if pid in products]
+
+
+PAGE_VARIANT_PREFIX = "page "
+
+
+@dataclass(frozen=True)
+class SimilarRow:
+    """The product page's similar row: its items rendered to HTML and the products they show, in order."""
+
+    html: str
+    product_ids: tuple[int, ...]
+
+
+def similar_row(
+    *, product: Product, k: int, version: ModelVersion | None, render: Callable[[list[RankedProduct]], str]
+) -> SimilarRow:
+    """The product page's similar row of `product` served by `version`, rendered by `render` once and cached in
+    the entry that holds the API's bytes for the same product (so every invalidation of those drops it too, and it
+    goes stale for as long and no longer). VectorStoreUnavailable propagates when no stored list answers."""
+    key = similar_bytes_key(version_id=version.pk, product_id=product.pk) if version is not None else None
+    variant = f"{PAGE_VARIANT_PREFIX}k={k}"
+    if key is not None:
+        found = (_shared_entry(key) or {}).get(variant)
+        if found is not None:
+            return SimilarRow(html=found[0], product_ids=tuple(found[1]))
+    ranked = similar_ranked(product=product, k=k, version=version)
+    row = SimilarRow(html=render(ranked), product_ids=tuple(hit.product.pk for hit in ranked))
+    if version is not None and ranked:  # the fast path never asks for a "page ..." variant
+        _variant_store(version=version, product_id=product.pk, variant=variant, value=(row.html, row.product_ids))
+    return row
 
 
 def similar_entries_clear() -> None:
