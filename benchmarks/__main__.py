@@ -215,8 +215,12 @@ def finish(ctx: Context, argv: list[str]) -> None:
             log(f"the search-by-photo section as the report renders it: {section}")
         log(f"partial run (--only {args.only}); raw numbers in {results_json}")
         return
+    from webapp.search.registry import active_version
+
+    served = active_version(fresh=True)
     r["embedder"] = (
-        f"{settings.EMBEDDER_BACKBONE} at {settings.EMBEDDER_IMAGE_SIZE} px, batch {settings.EMBEDDER_BATCH_SIZE}, CPU"
+        f"{served.model_version if served is not None else 'no active model version'} (the model served), "
+        f"batch {settings.EMBEDDER_BATCH_SIZE}, CPU"
     )
     print_table(table_rows(r))
     results_json.write_text(json.dumps(r, default=str, indent=1))

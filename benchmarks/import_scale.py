@@ -143,7 +143,7 @@ def start(ctx: Context) -> None:
     stack.manage(ctx, "migrate", "--noinput")
     if ctx.args.database_url:  # a database of its own, emptied: the run starts from no catalog
         stack.manage(ctx, "flush", "--noinput")
-    stack.manage(ctx, "ensure_default_model")
+    stack.serve_default_model(ctx)
     stack.setup_django(ctx)
     if not ctx.args.broker_url.startswith("filesystem"):  # a shared server: drop what earlier runs left queued
         from webapp.celery import app

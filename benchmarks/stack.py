@@ -264,6 +264,19 @@ def setup_django(ctx: Context) -> None:
     ctx.settings = settings
 
 
+VISNET_DEFAULT = ROOT / "models" / "visnet-default"
+
+
+def serve_default_model(ctx: Context) -> None:
+    """The model `make run` serves: the shipped VisNet, activated on the still empty catalog (nothing to re-embed,
+    so synchronously), else the ImageNet stand-in when the artifact is missing."""
+    manage(ctx, "ensure_default_model")
+    if (VISNET_DEFAULT / "config.json").exists():
+        manage(ctx, "register_model", str(VISNET_DEFAULT), "--activate", "--if-not-active", "--sync", timeout=900)
+    else:
+        log(f"warning: {VISNET_DEFAULT} is missing: the ImageNet stand-in serves")
+
+
 def start_stack(ctx: Context) -> None:
     """Milvus, the database (migrate + the default model version, as `make run` does), workers and web."""
     start_milvus(ctx)
@@ -272,7 +285,7 @@ def start_stack(ctx: Context) -> None:
         use_detector(ctx)
     log("migrate ...")
     manage(ctx, "migrate", "--noinput")
-    manage(ctx, "ensure_default_model")
+    serve_default_model(ctx)
     setup_django(ctx)
     start_worker(ctx)
     if needs_localize(ctx.args):
