@@ -19,7 +19,7 @@ import pytest
 from django.core.cache import cache
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.http import QueryDict
 from django.test import RequestFactory
 from django.utils import timezone
@@ -655,3 +655,30 @@ def test_a_deleted_neighbour_is_skipped_and_the_next_ones_fill_the_page(shop, se
 )
 def test_only_simple_parameters_have_a_cache_variant(query, variant):
     assert serving.similar_variant(params=QueryDict(query), scheme_host="http://h") == variant
+
+
+@pytest.mark.parametrize("prefix", ["/", "/shop/"])
+def test_a_products_url_is_what_reverse_gives_under_any_script_prefix(prefix):
+    from django.urls import get_script_prefix, reverse, set_script_prefix
+
+    from webapp.recommendations.serving import _product_path
+
+    before = get_script_prefix()
+    set_script_prefix(prefix)
+    try:
+        for product_id in (1, 42, 9_876_543_210, 10**17):
+            assert _product_path(product_id) == reverse("catalog:product-detail", args=[product_id])
+    finally:
+        set_script_prefix(before)
+    assert _product_path(7) == reverse("catalog:product-detail", args=[7])
+
+
+def test_a_deleted_product_whose_list_is_still_stored_answers_404(shop, serving_version):
+    product = shop[3]
+    with connection.cursor() as cursor:  # the row goes, the list stays (as until the incremental update runs)
+        cursor.execute(f"DELETE FROM {ProductImage._meta.db_table} WHERE product_id = %s", [product.pk])
+        cursor.execute(f"DELETE FROM {Product._meta.db_table} WHERE id = %s", [product.pk])
+    assert SimilarList.objects.filter(version=serving_version, product_id=product.pk).exists()
+    response = APIClient().get(f"/api/products/{product.pk}/similar/")
+    assert response.status_code == 404
+    assert response.json() == APIClient().get("/api/products/999999/similar/").json()  # as for any unknown id

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import asdict
 
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date
@@ -195,6 +195,9 @@ class ProductImageCreateApi(APIView):
         return Response(s.ProductImageOutputSerializer(image, context={"request": request}).data, status=code)
 
 
+NO_PRODUCT = f"No {Product._meta.object_name} matches the given query."  # as get_object_or_404 says
+
+
 class ProductSimilarApi(APIView):
     @extend_schema(
         operation_id="products_similar",
@@ -215,12 +218,13 @@ class ProductSimilarApi(APIView):
         if found is not None:
             similar_served(version=version, found=found)
         else:
-            product = get_object_or_404(Product, pk=product_id)
             params = s.SimilarProductsInputSerializer(data=request.query_params)
-            params.is_valid(raise_exception=True)
+            if not params.is_valid():
+                get_object_or_404(Product.objects.only("pk"), pk=product_id)  # an unknown product answers 404 first
+                params.is_valid(raise_exception=True)
             try:
                 found = similar_body_build(
-                    product=product,
+                    product_id=product_id,
                     k=params.validated_data["k"],
                     filters=params.to_filters(),
                     version=version,
@@ -228,6 +232,8 @@ class ProductSimilarApi(APIView):
                     variant=variant,
                     environ=request.META,
                 )
+            except Product.DoesNotExist as exc:
+                raise Http404(NO_PRODUCT) from exc
             except VectorStoreUnavailable as exc:
                 return _failure(exc)
         headers = {"Cache-Control": similar_cache_control(private=ab_test_running())}

@@ -26,14 +26,12 @@ class StoredList:
 
 def stored_list(*, version_id: int, product_id: int) -> StoredList | None:
     """The stored list of `product_id` under `version_id` as written (nothing filtered), or None."""
-    found = (
-        SimilarList.objects.filter(version_id=version_id, product_id=product_id)
-        .values_list("neighbours", "exhaustive", "computed_at")
-        .first()
-    )
-    if found is None:
+    found = SimilarList.objects.filter(version_id=version_id, product_id=product_id).values_list(
+        "neighbours", "exhaustive", "computed_at"
+    )[:1]  # unique per (version, product): no ORDER BY needed, unlike .first()
+    if not found:
         return None
-    packed, exhaustive, computed_at = found
+    packed, exhaustive, computed_at = found[0]
     ids, scores = unpack_neighbours(packed)
     return StoredList(ids.tolist(), scores.tolist(), exhaustive, computed_at)
 

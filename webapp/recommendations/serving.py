@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 
@@ -282,16 +282,43 @@ _price_field = serializers.DecimalField(max_digits=12, decimal_places=2, read_on
 _renderer = JSONRenderer()
 
 
-def _image_urls(image_names: Iterable[tuple[int, int, str, str, str]], absolute: Callable[[str], str]) -> dict:
+IMAGE_VALUES = ("images__id", "images__image", "images__thumbnail", "images__status")
+_PRODUCT_URL_PLACEHOLDER = 9_876_543_210
+
+
+def _product_path(product_id: int) -> str:
+    """reverse("catalog:product-detail", args=[product_id]) for the current URLconf and script prefix, from a
+    template reversed once (reverse costs more than the rest of a product's rendering)."""
+    key = (get_urlconf(), get_script_prefix())
+    if key not in _product_path_templates:
+        placeholder = str(_PRODUCT_URL_PLACEHOLDER)
+        before, found, after = reverse("catalog:product-detail", args=[placeholder]).partition(placeholder)
+        _product_path_templates[key] = (before, after) if found and placeholder not in after else None
+    template = _product_path_templates[key]
+    if template is None:
+        return reverse("catalog:product-detail", args=[product_id])
+    return f"{template[0]}{product_id}{template[1]}"
+
+
+_product_path_templates: dict[tuple, tuple[str, str] | None] = {}
+
+
+def _image_urls(images: dict[int, list[tuple[int, str, str, str]]], absolute: Callable[[str], str]) -> dict:
     """product id -> [(id, url, thumbnail url, status)] in ProductImage order, URLs as the serializer makes them."""
     storage_image = ProductImage._meta.get_field("image").storage
     storage_thumbnail = ProductImage._meta.get_field("thumbnail").storage
-    found: dict[int, list] = {}
-    for product_id, image_id, image, thumbnail, status in image_names:
-        url = absolute(storage_image.url(image)) if image else None
-        thumbnail_url = absolute(storage_thumbnail.url(thumbnail)) if thumbnail else None
-        found.setdefault(product_id, []).append((image_id, url, thumbnail_url, status))
-    return found
+    return {
+        product_id: [
+            (
+                image_id,
+                absolute(storage_image.url(image)) if image else None,
+                absolute(storage_thumbnail.url(thumbnail)) if thumbnail else None,
+                status,
+            )
+            for image_id, image, thumbnail, status in found
+        ]
+        for product_id, found in images.items()
+    }
 
 
 def _product_data(row: dict, images: list, absolute: Callable[[str], str]) -> dict:
@@ -311,7 +338,7 @@ def _product_data(row: dict, images: list, absolute: Callable[[str], str]) -> di
         },
         "attributes": {str(key): value for key, value in (row["attributes"] or {}).items()},
         "in_stock": bool(row["in_stock"]),
-        "url": absolute(reverse("catalog:product-detail", args=[row["id"]])),
+        "url": absolute(_product_path(int(row["id"]))),
         "image": (primary[2] or primary[1]) if primary is not None else None,
         "images": [
             {"id": image_id, "url": url, "thumbnail_url": thumbnail_url, "status": status}
@@ -320,21 +347,50 @@ def _product_data(row: dict, images: list, absolute: Callable[[str], str]) -> di
     }
 
 
-def _rows(product_ids: Iterable[int]) -> dict[int, dict]:
-    return {row["id"]: row for row in Product.objects.filter(pk__in=list(product_ids)).values(*PRODUCT_VALUES)}
+@dataclass
+class _Rows:
+    """Catalog rows read for a response: product id -> its values, and -> its images (id, image, thumbnail, status)
+    in ProductImage order."""
+
+    products: dict[int, dict]
+    images: dict[int, list[tuple[int, str, str, str]]]
+
+
+def _rows(product_ids: Iterable[int]) -> _Rows:
+    """The products of `product_ids` that exist, with their images: one query (a product with n images comes back
+    in n rows)."""
+    found = _Rows({}, {})
+    ids = list(product_ids)
+    if not ids:
+        return found
+    rows = (
+        Product.objects.filter(pk__in=ids)
+        .values(*PRODUCT_VALUES, *IMAGE_VALUES)
+        .order_by("id", "images__position", "images__id")
+    )
+    for row in rows:
+        product_id = row["id"]
+        if product_id not in found.products:
+            found.products[product_id] = row
+            found.images[product_id] = []
+        if row["images__id"] is not None:
+            found.images[product_id].append(
+                (row["images__id"], row["images__image"], row["images__thumbnail"], row["images__status"])
+            )
+    return found
 
 
 def _stored_pairs(
     stored: StoredList, product_id: int, k: int, filters: SearchFilters
-) -> tuple[dict[int, dict], list[tuple[int, float]] | None]:
-    """The catalog rows read and the first `k` neighbours of `stored` passing `filters` (None: it cannot fill k).
-    Without filters only the first k + 1 rows are read (a product page's usual request), all of them when some of
-    those were deleted."""
+) -> tuple[_Rows, list[tuple[int, float]] | None]:
+    """The catalog rows read (the product's own among them) and the first `k` neighbours of `stored` passing
+    `filters` (None: it cannot fill k). Without filters only the first k + 1 neighbours are read (a product page's
+    usual request), all of them when some of those were deleted."""
     unfiltered = filters.category_id is None and filters.max_price is None and filters.in_stock is None
     wanted = stored.product_ids[: k + 1] if unfiltered else stored.product_ids
     while True:
-        rows = _rows(wanted)
-        attributes = {pk: (row["category_id"], row["price"], row["in_stock"]) for pk, row in rows.items()}
+        rows = _rows([*wanted, product_id])
+        attributes = {pk: (row["category_id"], row["price"], row["in_stock"]) for pk, row in rows.products.items()}
         pairs = stored_neighbours_filtered(
             stored=stored, product_id=product_id, k=k, filters=filters, attributes=attributes
         )
@@ -345,7 +401,7 @@ def _stored_pairs(
 
 def similar_body_build(
     *,
-    product: Product,
+    product_id: int,
     k: int,
     filters: SearchFilters,
     version: ModelVersion | None,
@@ -353,39 +409,43 @@ def similar_body_build(
     variant: str | None = None,
     environ: dict | None = None,
 ) -> SimilarBody:
-    """Build the similar-products response of `product` served by `version`: the stored list with the filters
-    applied, or the live vector query when there is none or it cannot fill `k` (VectorStoreUnavailable then
+    """Build the similar-products response of product `product_id` served by `version`: the stored list with the
+    filters applied, or the live vector query when there is none or it cannot fill `k` (VectorStoreUnavailable then
     propagates). Counts it as served, issues its feedback token, and caches it under `variant` (when given and
     when it has results). `absolute` turns a path into an absolute URL (the request's build_absolute_uri);
-    `environ` as for `similar_cached`."""
+    `environ` as for `similar_cached`. Product.DoesNotExist when there is no such product (its list may outlive it
+    for the seconds until the incremental update removes it): the product is read with its neighbours, in one
+    query, when its stored list answers."""
     k = max(1, min(int(k), MAX_K))
     pairs: list[tuple[int, float]] | None = None
-    rows: dict[int, dict] = {}
+    rows = _Rows({}, {})
+    sku: str | None = None
     last_modified = time.time()
     collection = registry.get_vector_store().collection_name(version.model_version) if version is not None else None
     if version is not None:
-        stored = stored_list(version_id=version.pk, product_id=product.pk)
+        stored = stored_list(version_id=version.pk, product_id=product_id)
         if stored is not None:
-            rows, pairs = _stored_pairs(stored, product.pk, k, filters)
+            rows, pairs = _stored_pairs(stored, product_id, k, filters)
+            if product_id not in rows.products:
+                raise Product.DoesNotExist(f"no product {product_id}")
+            sku = rows.products[product_id]["sku"]
             if pairs is not None:
-                shown_updates = [rows[pid]["updated_at"].timestamp() for pid, _ in pairs]
+                shown_updates = [rows.products[pid]["updated_at"].timestamp() for pid, _ in pairs]
                 last_modified = max([stored.computed_at.timestamp(), *shown_updates])
     if pairs is None:
+        product = Product.objects.get(pk=product_id)
+        sku = product.sku
         try:
             ranked = similar_products(product=product, k=k, filters=filters, version=version)
         except CollectionNotFound:
             ranked, collection = [], None  # a fresh install: nothing is indexed yet
         pairs = [(hit.product.pk, hit.score) for hit in ranked]
         rows = _rows(pid for pid, _ in pairs)
-        pairs = [(pid, score) for pid, score in pairs if pid in rows]  # deleted between the two reads
-    image_names = (
-        ProductImage.objects.filter(product_id__in=[pid for pid, _ in pairs])
-        .order_by("product_id", "position", "id")
-        .values_list("product_id", "id", "image", "thumbnail", "status")
-    )
-    images = _image_urls(image_names, absolute) if pairs else {}
+        pairs = [(pid, score) for pid, score in pairs if pid in rows.products]  # deleted between the two reads
+    shown = {pid for pid, _ in pairs}
+    images = _image_urls({pid: found for pid, found in rows.images.items() if pid in shown}, absolute)
     results = [
-        {"score": float(score), "product": _product_data(rows[pid], images.get(pid, []), absolute)}
+        {"score": float(score), "product": _product_data(rows.products[pid], images.get(pid, []), absolute)}
         for pid, score in pairs
     ]
     data = {
@@ -397,7 +457,7 @@ def similar_body_build(
             version=version,
             surface=SURFACE,
             product_ids=[pid for pid, _ in pairs],
-            query_ref=f"shop:{product.sku}",
+            query_ref=f"shop:{sku}",
         ),
     }
     body = _renderer.render(data)
@@ -408,7 +468,7 @@ def similar_body_build(
         counted=version is not None and bool(pairs),
     )
     if version is not None and variant is not None and results:
-        _variant_store(version=version, product_id=product.pk, variant=variant, value=found.as_tuple(), environ=environ)
+        _variant_store(version=version, product_id=product_id, variant=variant, value=found.as_tuple(), environ=environ)
     return found
 
 
