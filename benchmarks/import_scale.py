@@ -804,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--milvus-port", type=int, default=0, help="default: the first free port of 19500-19599")
     parser.add_argument("--worker-prefetch", type=int, default=2, help="as workers/start_worker.sh's default")
+    parser.add_argument(
+        "--worker-torch-threads", type=int, default=1, help="TORCH_NUM_THREADS of the worker (scripts/run.sh's default)"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="per import; default 120 s + 0.5 s per row")
     parser.add_argument("--var-dir", default=str(ROOT / "var" / "bench-import"))
     parser.add_argument(
@@ -898,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rows < 0 or args.compare_rows < 0 or args.window < 0:
         raise SystemExit("--rows, --compare-rows and --window must not be negative")
-    args.keep, args.image_size, args.worker_torch_threads = False, None, None
+    args.keep, args.image_size = False, None
     ctx = Context(args)
 
     def on_term(signum, frame):

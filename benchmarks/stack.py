@@ -158,10 +158,12 @@ def _start_celery(
 
 
 def start_worker(ctx: Context) -> None:
-    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default."""
-    env = {"CELERY_PREFETCH": str(ctx.args.worker_prefetch)}
-    if ctx.args.worker_torch_threads:
-        env["TORCH_NUM_THREADS"] = str(ctx.args.worker_torch_threads)
+    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default, one torch thread
+    unless --worker-torch-threads says otherwise (as scripts/run.sh starts it)."""
+    env = {
+        "CELERY_PREFETCH": str(ctx.args.worker_prefetch),
+        "TORCH_NUM_THREADS": str(ctx.args.worker_torch_threads or 1),
+    }
     _start_celery(ctx, "celery worker", "ingest,default", "bench", "worker.log", env)
 
 

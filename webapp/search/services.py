@@ -123,8 +123,9 @@ def images_ingest(*, image_ids: list[int]) -> IngestReport:
         collection=collection,
     )
     _ingest_into_candidates([(image, pictures) for image, pictures, _ in prepared], serving=used)
-    for image, _, thumbnail in prepared:
-        if _mark_ready(image, thumbnail, embedder.model_version):
+    marked = _mark_ready(prepared, embedder.model_version)
+    for image, _, _ in prepared:
+        if image.pk in marked:
             report.ready.append(image.pk)
         else:  # deleted while we embedded it: do not leave its vector behind
             registry.get_vector_store().collection(collection).delete_images([image.pk])
@@ -175,28 +176,38 @@ def _ingest_into_candidates(prepared: list[tuple[ProductImage, list[Image.Image]
             logger.error("A/B candidate %s failed: %s", candidate.model_version, reason)
 
 
-def _mark_ready(image: ProductImage, thumbnail: bytes, model_version: str) -> bool:
+READY_FIELDS = ["thumbnail", "status", "error", "attempts", "model_version", "embedded_at", "item_box"]
+
+
+def _mark_ready(prepared: list[tuple[ProductImage, list[Image.Image], bytes]], model_version: str) -> set[int]:
+    """Store the thumbnails and mark the batch's images ready, in ONE transaction (a catalog import writing beside
+    the worker holds SQLite's single write lock for its own transactions: one wait per batch, not one per image).
+    Returns the ids marked; an image deleted while it was embedded is not among them."""
     with transaction.atomic():
-        locked = ProductImage.objects.select_for_update().filter(pk=image.pk).first()
-        if locked is None:
-            return False
-        if locked.thumbnail:
-            locked.thumbnail.delete(save=False)
-        # A worker killed after writing the thumbnail but before this commit left the file with no row pointing at
-        # it: overwrite it rather than save beside it under another name.
-        name = locked.thumbnail.field.generate_filename(locked, f"{image.pk}.webp")
-        locked.thumbnail.storage.delete(name)
-        locked.thumbnail.save(f"{image.pk}.webp", ContentFile(thumbnail), save=False)
-        locked.status = ProductImage.Status.READY
-        locked.error = ""
-        locked.attempts = locked.attempts + 1
-        locked.model_version = model_version
-        locked.embedded_at = timezone.now()
-        locked.item_box = image.item_box
-        locked.save(
-            update_fields=["thumbnail", "status", "error", "attempts", "model_version", "embedded_at", "item_box"]
-        )
-    return True
+        locked = {
+            row.pk: row
+            for row in ProductImage.objects.select_for_update().filter(pk__in=[image.pk for image, _, _ in prepared])
+        }
+        now = timezone.now()
+        for image, _, thumbnail in prepared:
+            row = locked.get(image.pk)
+            if row is None:
+                continue
+            if row.thumbnail:
+                row.thumbnail.delete(save=False)
+            # A worker killed after writing the thumbnail but before this commit left the file with no row pointing
+            # at it: overwrite it rather than save beside it under another name.
+            name = row.thumbnail.field.generate_filename(row, f"{image.pk}.webp")
+            row.thumbnail.storage.delete(name)
+            row.thumbnail.save(f"{image.pk}.webp", ContentFile(thumbnail), save=False)
+            row.status = ProductImage.Status.READY
+            row.error = ""
+            row.attempts = row.attempts + 1
+            row.model_version = model_version
+            row.embedded_at = now
+            row.item_box = image.item_box
+        ProductImage.objects.bulk_update(list(locked.values()), READY_FIELDS)
+    return set(locked)
 
 
 def collection_ensure(*, version: ModelVersion, dim: int) -> str:
