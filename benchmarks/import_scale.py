@@ -31,14 +31,13 @@ from typing import Any
 
 from benchmarks import at_scale, stack
 from benchmarks.harness import DOCS, ROOT, VENV_BIN, BenchError, Context, log, percentile, tail, wait_port
+from benchmarks.ingest import TASK_MESSAGE, log_record, worker_tasks
 
 PORTS = range(19500, 19600)  # this benchmark's Milvus port range
 WARM_ROWS = 32
 SKU_PREFIX = "imp-"
 FASHION_MNIST_ITEMS = 70_000
 ASSUMED_GPU_FORWARD_MS = 0.5  # EfficientNet-Lite0 at 224 px, batches of 32, host-to-device copy included
-TASK_MESSAGE = re.compile(r"Task ([\w.]+)\[([0-9a-f-]+)\] (received|succeeded in ([0-9.]+)s|retry|raised)")
-TEXT_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] (.*)$")
 SUMMARY_LINE = re.compile(r"(\d+) created, (\d+) updated, (\d+) images queued, (\d+) row\(s\) with errors")
 
 
@@ -169,51 +168,6 @@ def database_kind(ctx: Context) -> str:
 # --------------------------------------------------------------------------------------------
 # The worker's log
 # --------------------------------------------------------------------------------------------
-def _log_record(line: str) -> tuple[float, str, dict] | None:
-    if line.startswith("{"):
-        try:
-            record = json.loads(line)
-            stamp = dt.datetime.fromisoformat(record["time"]).timestamp()
-        except (ValueError, KeyError):
-            return None
-        return stamp, str(record.get("message", "")), record.get("data") or {}
-    match = TEXT_LINE.match(line)
-    if match is None:
-        return None
-    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    return stamp, match.group(2), {}
-
-
-def worker_tasks(text: str) -> list[dict]:
-    """Every task the worker finished: name, received and end (epoch s), run_s, images (ingest tasks, JSON logs)."""
-    from webapp.search.dispatch import INGEST_IMAGES
-
-    received: dict[str, tuple[float, int | None]] = {}
-    tasks: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        record = _log_record(line)
-        if record is None:
-            continue
-        stamp, message, data = record
-        match = TASK_MESSAGE.search(message)
-        if match is None:
-            continue
-        name, task_id, what, run_s = match.groups()
-        if what == "received":
-            images = None
-            if name == INGEST_IMAGES and "args" in data:
-                try:
-                    images = len(json.loads(data["args"])[0])
-                except (ValueError, IndexError, TypeError):
-                    images = None
-            received[task_id] = (stamp, images)
-        elif what.startswith("succeeded") and task_id in received:
-            at, images = received.pop(task_id)
-            tasks.append({"name": name, "received": at, "end": stamp, "run_s": float(run_s), "images": images})
-    tasks.sort(key=lambda task: task["received"])
-    return tasks
-
-
 def task_summary(tasks: list[dict], span: tuple[float, float], all_tasks: list[dict]) -> dict:
     """Per ingest task and the worker's time, over `tasks`; idle share: the part of `span` (epoch s) in which the
     worker ran none of `all_tasks` (each counted for the part of its run inside the span)."""
@@ -248,7 +202,7 @@ def unfinished_tasks(text: str) -> int:
     """Tasks the worker received and has not ended (succeeded, retried or raised)."""
     pending: set[str] = set()
     for line in text.splitlines():
-        record = _log_record(line)
+        record = log_record(line)
         match = TASK_MESSAGE.search(record[1]) if record else None
         if match is not None:
             (pending.add if match.group(3) == "received" else pending.discard)(match.group(2))

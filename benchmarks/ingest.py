@@ -3,35 +3,68 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sys
 import time
+from typing import Any
 
 from benchmarks.harness import BenchError, Context, cpu_summary, log, percentile, tail
 from webapp.search.dispatch import INGEST_IMAGES
 
-LOG_LINE = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] Task "
-    + re.escape(INGEST_IMAGES)
-    + r"\[([0-9a-f-]+)\] (received|succeeded in ([0-9.]+)s)"
-)
+TASK_MESSAGE = re.compile(r"Task ([\w.]+)\[([0-9a-f-]+)\] (received|succeeded in ([0-9.]+)s|retry|raised)")
+TEXT_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] (.*)$")
 DEMO_SKU_PREFIX = "fmnist-"  # load_demo_catalog's products
 
 
-def worker_task_timeline(text: str) -> list[dict]:
-    """Ingest tasks from the worker log: run time, and the wait between the previous task's end and this
-    one's arrival at the worker (time the worker sat idle with work still queued)."""
-    received, tasks = {}, []
+def log_record(line: str) -> tuple[float, str, dict] | None:
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+            stamp = dt.datetime.fromisoformat(record["time"]).timestamp()
+        except (ValueError, KeyError):
+            return None
+        return stamp, str(record.get("message", "")), record.get("data") or {}
+    match = TEXT_LINE.match(line)
+    if match is None:
+        return None
+    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return stamp, match.group(2), {}
+
+
+def worker_tasks(text: str) -> list[dict]:
+    """Every task the worker finished: name, received and end (epoch s), run_s, images (ingest tasks, JSON logs)."""
+    received: dict[str, tuple[float, int | None]] = {}
+    tasks: list[dict[str, Any]] = []
     for line in text.splitlines():
-        match = LOG_LINE.match(line)
-        if not match:
+        record = log_record(line)
+        if record is None:
             continue
-        stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if match.group(3) == "received":
-            received[match.group(2)] = stamp
-        elif match.group(2) in received:
-            tasks.append({"received": received[match.group(2)], "end": stamp, "run_s": float(match.group(4))})
-    tasks.sort(key=lambda t: t["received"])
+        stamp, message, data = record
+        match = TASK_MESSAGE.search(message)
+        if match is None:
+            continue
+        name, task_id, what, run_s = match.groups()
+        if what == "received":
+            images = None
+            if name == INGEST_IMAGES and "args" in data:
+                try:
+                    images = len(json.loads(data["args"])[0])
+                except (ValueError, IndexError, TypeError):
+                    images = None
+            received[task_id] = (stamp, images)
+        elif what.startswith("succeeded") and task_id in received:
+            at, images = received.pop(task_id)
+            tasks.append({"name": name, "received": at, "end": stamp, "run_s": float(run_s), "images": images})
+    tasks.sort(key=lambda task: task["received"])
+    return tasks
+
+
+def worker_task_timeline(text: str) -> list[dict]:
+    """Ingest tasks from the worker log (JSON lines, as the product logs, or Celery's text format): run time, and
+    the wait between the previous task's end and this one's arrival at the worker (time the worker sat idle with
+    work still queued)."""
+    tasks = [task for task in worker_tasks(text) if task["name"] == INGEST_IMAGES]
     for previous, task in zip([None, *tasks[:-1]], tasks, strict=False):
         task["wait_s"] = max(0.0, task["received"] - previous["end"]) if previous else None
     return tasks

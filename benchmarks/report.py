@@ -130,7 +130,13 @@ def _header(r: dict, args, argv: list[str]) -> list[str]:
 
 def _gallery_line(r: dict) -> str:
     sc, ing = r["scale"], r["ingest"]
-    hours = sc["synthetic"] / max(ing.get("img_s_in_task") or 1e-9, 1e-9) / 3600
+    rate = ing.get("img_s_in_task")
+    extrapolated = (
+        f"Embedding {sc['synthetic']:,} more images through the worker at the {fmt(rate)} img/s measured would take "
+        f"{sc['synthetic'] / rate / 3600:.1f} h. "
+        if rate
+        else ""
+    )
     return (
         f"- **Gallery for the similar-products test: {sc['products']:,} products / {sc['vectors']:,} vectors "
         f"(dim {sc['dim']})**. {sc['real_ingested']:,} are the real ingested items above; the other "
@@ -138,8 +144,7 @@ def _gallery_line(r: dict) -> str:
         f"ingested items) and their vectors are **the real embedding of a randomly chosen ingested item plus "
         f"Gaussian noise (noise norm {sc['noise_norm']}), re-normalised** (mean cosine to the source vector "
         f"{fmt(sc['mean_cos_to_source'], '.3f')}), upserted straight into the same Milvus collection with the "
-        f"fields of `vector_row()`. Embedding {sc['synthetic']:,} more images through the worker at the "
-        f"{fmt(ing.get('img_s_in_task'))} img/s measured would take {hours:.1f} h. "
+        f"fields of `vector_row()`. {extrapolated}"
         f"Building it took {sc['total_s']:.0f} s (DB {sc['db_insert_s']:.0f} s, upsert {sc['vector_upsert_s']:.0f} s, "
         f"waiting for Milvus Lite's background HNSW index build {sc['milvus_settle_s']:.0f} s)."
     )

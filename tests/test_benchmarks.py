@@ -88,6 +88,28 @@ def test_decode_chunked():
 
 
 # The worker log ---------------------------------------------------------------------------------
+def test_worker_task_timeline_reads_the_json_log_the_worker_writes():
+    import json
+
+    def line(time: str, message: str, **data) -> str:
+        return json.dumps({"time": time, "level": "INFO", "logger": "celery", "message": message, "data": data})
+
+    task = "Task search.ingest_image_batch"
+    log = "\n".join(
+        [
+            line("2026-01-02T10:00:00.000Z", f"{task}[aaa-1] received", args="[[1, 2, 3]]"),
+            line("2026-01-02T10:00:01.500Z", f"{task}[aaa-1] succeeded in 1.4s: {{}}"),
+            line("2026-01-02T10:00:01.600Z", "Task recommendations.update_similar_lists[ccc-3] received"),
+            line("2026-01-02T10:00:01.900Z", "Task recommendations.update_similar_lists[ccc-3] succeeded in 0.3s"),
+            line("2026-01-02T10:00:02.000Z", f"{task}[bbb-2] received", args="[[4]]"),
+            line("2026-01-02T10:00:03.000Z", f"{task}[bbb-2] succeeded in 0.9s: {{}}"),
+        ]
+    )
+    tasks = worker_task_timeline(log)
+    assert [(t["run_s"], t["images"]) for t in tasks] == [(1.4, 3), (0.9, 1)]
+    assert tasks[0]["wait_s"] is None and abs(tasks[1]["wait_s"] - 0.5) < 1e-6
+
+
 def test_worker_task_timeline_pairs_received_and_succeeded():
     task = "Task search.ingest_image_batch"
     log = "\n".join(
