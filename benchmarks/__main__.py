@@ -72,8 +72,8 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-prefetch",
         type=int,
-        default=1,
-        help="celery --prefetch-multiplier (workers/start_worker.sh's CELERY_PREFETCH)",
+        default=None,
+        help="celery --prefetch-multiplier (CELERY_PREFETCH; default: workers/start_worker.sh's for the broker)",
     )
     parser.add_argument(
         "--detector",

@@ -535,6 +535,14 @@ def _f(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _worker_settings(run: dict) -> str:
+    """The worker's prefetch and torch threads in a run (runs before 2026-12-04 recorded none: prefetch 2 and
+    torch's default of one thread per core, 2 here, were what start_worker.sh and the benchmark used then)."""
+    found = run.get("worker_settings") or {"prefetch": 2, "torch_threads": 2}
+    threads = found["torch_threads"]
+    return f"prefetch {found['prefetch']}, {threads} torch thread{'s' if threads != 1 else ''}"
+
+
 def render_markdown(data: dict) -> str:
     runs = data.get("runs", {})
     lines = [
@@ -542,8 +550,9 @@ def render_markdown(data: dict) -> str:
         "",
         "Written by `python -m benchmarks.import_scale` (numbers in docs/import_scale.json). Each run: its own stack "
         "(var dir, database, a Milvus Lite server, the filesystem broker `make run` uses unless noted), ONE Celery "
-        "worker on `ingest,default` started by workers/start_worker.sh as `make run` starts it (concurrency 1, "
-        "prefetch 2), a warm-up import of 32 rows first (model loaded), then `manage.py import_catalog` of a CSV "
+        "worker on `ingest,default` started by workers/start_worker.sh as `make run` starts it (concurrency 1; "
+        "its prefetch and torch threads in each run's row), a warm-up import of 32 rows first (model loaded), then "
+        "`manage.py import_catalog` of a CSV "
         "whose rows each name one image file of a real Fashion-MNIST item (PNG, as the demo catalog makes them; "
         "rows past 70,000 reuse items on other SKUs: ingestion caches nothing by content).",
         "",
@@ -624,7 +633,7 @@ def render_markdown(data: dict) -> str:
             ing, w = run["ingest"], run["worker"]
             name = f"{run['rows']:,} rows" + (f", {ing['window_s']:.0f} s window" if "window_s" in ing else "")
             lines.append(
-                f"| {name} | {run.get('database', '-')} | {run.get('broker', '-')} "
+                f"| {name} | {run.get('database', '-')} | {run.get('broker', '-')} ({_worker_settings(run)}) "
                 f"| {_f(run['import']['rows_per_s'], 0)} ({_f(run['import']['wall_s'], 0)} s) "
                 f"| {_f(ing['img_s_steady'])} | {_f(ing.get('img_s_end_to_end'))} | {w['ingest_tasks']:,} "
                 f"| {_f(w['task_run_p50_s'], 2)} s | {_f(w['cpu_s_per_image'] * 1000, 0)} ms "
@@ -757,7 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", default="", help="a PostgreSQL database of its own (emptied); default SQLite in --var-dir"
     )
     parser.add_argument("--milvus-port", type=int, default=0, help="default: the first free port of 19500-19599")
-    parser.add_argument("--worker-prefetch", type=int, default=2, help="as workers/start_worker.sh's default")
+    parser.add_argument(
+        "--worker-prefetch", type=int, default=None, help="CELERY_PREFETCH (default: workers/start_worker.sh's)"
+    )
     parser.add_argument(
         "--worker-torch-threads", type=int, default=1, help="TORCH_NUM_THREADS of the worker (scripts/run.sh's default)"
     )
@@ -798,7 +809,14 @@ def run(ctx: Context, argv: list[str]) -> None:
         if args.rows
         else None
     )
-    where = {"database": database_kind(ctx), "broker": ctx.settings.CELERY_BROKER_URL.split("//")[0] + "//"}
+    where = {
+        "database": database_kind(ctx),
+        "broker": ctx.settings.CELERY_BROKER_URL.split("//")[0] + "//",
+        "worker_settings": {
+            "prefetch": args.worker_prefetch or stack.start_worker_prefetch(ctx.env),
+            "torch_threads": args.worker_torch_threads or 1,
+        },
+    }
     log(f"database {where['database']}, broker {where['broker']}; warm-up import of {WARM_ROWS} rows ...")
     measure_import(ctx, "warm-up", warm, WARM_ROWS, None)
     runs: dict[str, dict] = {}

@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", default="models/detector-default")
     parser.add_argument("--localize-torch-threads", type=int, default=1)
     parser.add_argument("--broker-url", default="filesystem://")
-    parser.add_argument("--worker-prefetch", type=int, default=1)
+    parser.add_argument("--worker-prefetch", type=int, default=None)
     parser.add_argument("--web-torch-threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--access-log", action="store_true", help="gunicorn access log (off: it costs CPU at load)")
     return parser

@@ -157,13 +157,26 @@ def _start_celery(
     log(f"{name} ready (queues {queues}, concurrency 1, pid {process.pid}, log {log_path.name})")
 
 
+def start_worker_prefetch(env: dict) -> int:
+    """The --prefetch-multiplier workers/start_worker.sh passes in this environment (the script run with CELERY=echo:
+    it chooses by broker)."""
+    argv = subprocess.run(
+        ["bash", str(ROOT / "workers" / "start_worker.sh")],
+        env={**env, "CELERY": shutil.which("echo") or "/bin/echo"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(argv[argv.index("--prefetch-multiplier") + 1])
+
+
 def start_worker(ctx: Context) -> None:
     """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default, one torch thread
-    unless --worker-torch-threads says otherwise (as scripts/run.sh starts it)."""
-    env = {
-        "CELERY_PREFETCH": str(ctx.args.worker_prefetch),
-        "TORCH_NUM_THREADS": str(ctx.args.worker_torch_threads or 1),
-    }
+    and workers/start_worker.sh's prefetch for the broker unless --worker-torch-threads / --worker-prefetch say
+    otherwise (as scripts/run.sh starts it)."""
+    env = {"TORCH_NUM_THREADS": str(ctx.args.worker_torch_threads or 1)}
+    if ctx.args.worker_prefetch:
+        env["CELERY_PREFETCH"] = str(ctx.args.worker_prefetch)
     _start_celery(ctx, "celery worker", "ingest,default", "bench", "worker.log", env)
 
 

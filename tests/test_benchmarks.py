@@ -534,3 +534,15 @@ def test_the_at_scale_section_judges_each_figure_and_replaces_itself_in_place(tm
     assert again.count(at_scale.BEGIN) == 1 and again.count(at_scale.END) == 1
     assert "edited by make bench" in again
     assert not at_scale.refresh(tmp_path / "missing.md")
+
+
+def test_the_worker_keeps_enough_messages_in_hand_for_the_filesystem_brokers_2_s_cycle():
+    import os
+
+    from benchmarks.stack import start_worker_prefetch
+
+    base = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    assert start_worker_prefetch(base) == 8  # make run's default broker
+    assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "filesystem://"}) == 8
+    assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}) == 2
+    assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "redis://x", "CELERY_PREFETCH": "1"}) == 1

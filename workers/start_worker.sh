@@ -14,7 +14,14 @@ CELERY=${CELERY:-.venv/bin/celery}
 [ -x "$CELERY" ] || CELERY=celery
 queues=${1:-${CELERY_QUEUES:-ingest,default}}
 shift || true
-# Prefetch 2: with the filesystem broker's 2 s drain cycle, prefetch 1 left the worker idle about half
-# the time between 32-image tasks (make bench: 15 -> 34 images/s).
+# Prefetch: the filesystem broker (make run's default) has no event loop, so Celery's fallback loop settles acks and
+# takes new messages once per 2 s drain cycle; the worker needs enough messages in hand to stay busy that long. With
+# 1 in hand make bench's worker sat idle 78 % of the time (8 images/s: each 32-image task and the similar-list
+# update it queues ran in about 0.4 s, then waited for the next cycle). Redis and RabbitMQ take the next message as
+# soon as one is acked: 2 is enough there.
+case "${CELERY_BROKER_URL:-filesystem://}" in
+  filesystem*) default_prefetch=8 ;;
+  *) default_prefetch=2 ;;
+esac
 exec "$CELERY" -A webapp worker -Q "$queues" --concurrency "${CELERY_CONCURRENCY:-1}" \
-  --prefetch-multiplier "${CELERY_PREFETCH:-2}" -O fair --loglevel "${CELERY_LOGLEVEL:-INFO}" "$@"
+  --prefetch-multiplier "${CELERY_PREFETCH:-$default_prefetch}" -O fair --loglevel "${CELERY_LOGLEVEL:-INFO}" "$@"
