@@ -1171,7 +1171,7 @@ def write_report(argv: list[str]) -> list[Path]:
         "",
         "```",
         "python -m benchmarks.scale --sizes 10000 --only build            # build (resumable; skips finished steps)",
-        "python -m benchmarks.scale --sizes 1000000 --only build --index-type IVF_SQ8  # as measured below",
+        "python -m benchmarks.scale --sizes 1000000 --only build --index-type IVF_SQ8  # another index than HNSW",
         "python -m benchmarks.scale --sizes 10000 --only threads,coldstart,similar,search,page --no-report",
         "python -m benchmarks.scale --sizes 1000000 --only coldstart,similar,search,page --no-report",
         "python -m benchmarks.scale --report-only                         # this page, docs/scale.json, the PNG",
@@ -1196,7 +1196,7 @@ def write_report(argv: list[str]) -> list[Path]:
         "with it.",
         *[
             f"- {r['size']:,} products: as last reported in docs/scale.json (run {str(r.get('finished', '?'))[:16]} "
-            f"UTC on {r.get('machine', {}).get('cpu', '?')}, a machine shared with other jobs then); not re-run "
+            f"UTC on {r.get('machine', {}).get('cpu', '?')}; its load averages are in the tables); not re-run "
             "from this checkout."
             for r in results
             if r.get("reported_from")
