@@ -812,10 +812,7 @@ def run(ctx: Context, argv: list[str]) -> None:
     where = {
         "database": database_kind(ctx),
         "broker": ctx.settings.CELERY_BROKER_URL.split("//")[0] + "//",
-        "worker_settings": {
-            "prefetch": args.worker_prefetch or stack.start_worker_prefetch(ctx.env),
-            "torch_threads": args.worker_torch_threads or 1,
-        },
+        "worker_settings": stack.worker_settings(ctx),
     }
     log(f"database {where['database']}, broker {where['broker']}; warm-up import of {WARM_ROWS} rows ...")
     measure_import(ctx, "warm-up", warm, WARM_ROWS, None)

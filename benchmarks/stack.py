@@ -170,13 +170,20 @@ def start_worker_prefetch(env: dict) -> int:
     return int(argv[argv.index("--prefetch-multiplier") + 1])
 
 
+def worker_settings(ctx: Context) -> dict[str, int]:
+    """The ingest worker's prefetch and torch threads: --worker-prefetch / --worker-torch-threads, else what
+    scripts/run.sh gives it (workers/start_worker.sh's prefetch for the broker, one torch thread)."""
+    return {
+        "prefetch": ctx.args.worker_prefetch or start_worker_prefetch(ctx.env),
+        "torch_threads": ctx.args.worker_torch_threads or 1,
+    }
+
+
 def start_worker(ctx: Context) -> None:
-    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default, one torch thread
-    and workers/start_worker.sh's prefetch for the broker unless --worker-torch-threads / --worker-prefetch say
-    otherwise (as scripts/run.sh starts it)."""
-    env = {"TORCH_NUM_THREADS": str(ctx.args.worker_torch_threads or 1)}
-    if ctx.args.worker_prefetch:
-        env["CELERY_PREFETCH"] = str(ctx.args.worker_prefetch)
+    """ONE worker process of the product's Celery app, concurrency 1, queues ingest and default, with
+    `worker_settings` (as scripts/run.sh starts it)."""
+    chosen = worker_settings(ctx)
+    env = {"CELERY_PREFETCH": str(chosen["prefetch"]), "TORCH_NUM_THREADS": str(chosen["torch_threads"])}
     _start_celery(ctx, "celery worker", "ingest,default", "bench", "worker.log", env)
 
 

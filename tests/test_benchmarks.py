@@ -546,3 +546,16 @@ def test_the_worker_keeps_enough_messages_in_hand_for_the_filesystem_brokers_2_s
     assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "filesystem://"}) == 8
     assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}) == 2
     assert start_worker_prefetch({**base, "CELERY_BROKER_URL": "redis://x", "CELERY_PREFETCH": "1"}) == 1
+
+
+def test_the_benchmarks_worker_gets_what_make_run_gives_it_unless_told_otherwise():
+    import os
+    from types import SimpleNamespace
+
+    from benchmarks.stack import worker_settings
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    default = SimpleNamespace(args=SimpleNamespace(worker_prefetch=None, worker_torch_threads=None), env=env)
+    assert worker_settings(default) == {"prefetch": 8, "torch_threads": 1}
+    told = SimpleNamespace(args=SimpleNamespace(worker_prefetch=3, worker_torch_threads=2), env=env)
+    assert worker_settings(told) == {"prefetch": 3, "torch_threads": 2}
